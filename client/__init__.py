@@ -1,0 +1,1 @@
+"""The client role: routing, hop sessions with failover, generation, wallet, CLI."""
