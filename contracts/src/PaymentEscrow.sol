@@ -29,8 +29,8 @@ contract PaymentEscrow is EIP712, ReentrancyGuardTransient {
     event WithdrawRequested(address indexed client, uint256 amount, uint64 readyAt);
     event WithdrawCancelled(address indexed client);
     event Withdrawn(address indexed client, uint256 amount, uint256 balance);
-    /// @dev `cumulative` is what the session has been paid in total after this claim.
-    event Claimed(address indexed client, address indexed node, bytes32 indexed sessionId, uint256 paid, uint256 cumulative);
+    /// @dev `paid` is this claim's payout; `paidFor(client, node, sessionId)` gives the session's total.
+    event Claimed(address indexed node, address indexed client, bytes32 sessionId, uint256 paid);
     event ClaimRejected(uint256 indexed index, RejectReason reason);
 
     // ---------------------------------------------------------------- types
@@ -211,7 +211,7 @@ contract PaymentEscrow is EIP712, ReentrancyGuardTransient {
         if (pay == 0) return 0;
         _paid[key] = already + pay;
         balanceOf[receipt.client] = balance - pay;
-        emit Claimed(receipt.client, receipt.node, receipt.sessionId, pay, already + pay);
+        emit Claimed(receipt.node, receipt.client, receipt.sessionId, pay);
     }
 
     function _send(address to, uint256 amount) internal {

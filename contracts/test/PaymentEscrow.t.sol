@@ -112,13 +112,13 @@ contract PaymentEscrowTest is EscrowFixture {
         rs[2] = _receipt(nodeB, 0.3 ether);
         rs[2].sessionId = keccak256("session-2");
         sigs[2] = _sign(CLIENT_KEY, rs[2]);
-        rs[3] = _receipt(nodeA, 0.1 ether); // replay of item 0
-        sigs[3] = sigs[0];
+        rs[3] = _receipt(nodeA, 0.05 ether); // older, smaller receipt of item 0's session
+        sigs[3] = _sign(CLIENT_KEY, rs[3]);
         uint256[] memory paid = escrow.claimBatch(rs, sigs);
         assertEq(paid[0], 0.1 ether, "item 0");
         assertEq(paid[1], 0, "item 1 bad signature");
         assertEq(paid[2], 0.3 ether, "item 2");
-        assertEq(paid[3], 0, "item 3 replay");
+        assertEq(paid[3], 0, "item 3 older receipt");
         assertEq(nodeA.balance, 0.1 ether, "node A");
         assertEq(nodeB.balance, 0.3 ether, "node B");
         assertEq(escrow.balanceOf(client), 0.6 ether, "client");

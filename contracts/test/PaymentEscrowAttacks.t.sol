@@ -79,10 +79,22 @@ contract PaymentEscrowAttacksTest is EscrowFixture {
     // Guard: the EIP-712 domain binds the chain id.
     function test_attack_replayFromOtherChainRejected() public {
         PaymentEscrow.Receipt memory r = _receipt(nodeA, 1 ether);
-        uint256 home = block.chainid;
-        vm.chainId(home + 1);
-        bytes memory sig = _sign(CLIENT_KEY, r);
-        vm.chainId(home);
+        // The same escrow address and receipt, signed under another chain's domain.
+        bytes32 foreignDomain = keccak256(
+            abi.encode(
+                keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"),
+                keccak256("P2P-LLM PaymentEscrow"),
+                keccak256("1"),
+                block.chainid + 1,
+                address(escrow)
+            )
+        );
+        bytes32 structHash = keccak256(
+            abi.encode(escrow.RECEIPT_TYPEHASH(), r.client, r.node, r.sessionId, r.tokens, r.amount, r.deadline)
+        );
+        (uint8 v, bytes32 rr, bytes32 s) =
+            vm.sign(CLIENT_KEY, keccak256(abi.encodePacked("\x19\x01", foreignDomain, structHash)));
+        bytes memory sig = abi.encodePacked(rr, s, v);
         vm.expectRevert();
         escrow.claim(r, sig);
         assertEq(nodeA.balance, 0, "nothing paid");

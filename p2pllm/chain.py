@@ -1,0 +1,409 @@
+"""The chain adapter: the only module that imports web3. Typed methods for every OfferRegistry and
+PaymentEscrow call, deployment files, and one-line errors (custom errors decoded with their data).
+Knows nothing about models, HTTP or routing."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+from eth_abi import decode as abi_decode
+from eth_account.signers.local import LocalAccount
+from eth_utils import keccak, to_checksum_address
+from web3 import Web3
+from web3.exceptions import ContractCustomError, ContractLogicError, TimeExhausted, Web3Exception
+
+from p2pllm.compile import EVM_VERSION, Artifact, load_artifacts
+from p2pllm.receipts import EscrowDomain, Receipt
+
+DEFAULT_PAGE = 200
+
+
+class ChainError(RuntimeError):
+    """Anything that went wrong talking to the chain, as one human-readable line."""
+
+
+class TxReverted(ChainError):
+    """A transaction or call reverted; `error` is the custom error's name, `args` its decoded data."""
+
+    def __init__(self, message: str, error: str | None = None, args: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.error = error
+        self.error_args = args or {}
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """Where the contracts live on one network (deployments/<network>.json)."""
+
+    network: str
+    chain_id: int
+    rpc_url: str
+    registry: str
+    escrow: str
+    deploy_block: int
+    compiler: str
+    evm_version: str
+    thaw_period_s: int
+    max_receipt_validity_s: int
+    offer_ttl_s: int
+
+    @classmethod
+    def load(cls, path: Path) -> Deployment:
+        try:
+            data = json.loads(Path(path).read_text())
+            return cls(**data)
+        except FileNotFoundError as exc:
+            raise ChainError(f"no deployment file {path}: run `python scripts/deploy.py --network ...` first") from exc
+        except (OSError, ValueError, TypeError) as exc:
+            raise ChainError(f"unreadable deployment file {path}: {exc}") from exc
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        tmp.replace(path)
+
+
+@dataclass(frozen=True)
+class Offer:
+    """A registry offer: layers [start, end) of `model_id` at `price_wei_per_token`."""
+
+    offer_id: int
+    node: str
+    model_id: bytes
+    start: int
+    end: int
+    price_wei_per_token: int
+    endpoint: str
+    expires_at: int
+
+
+@dataclass(frozen=True)
+class TxResult:
+    tx_hash: str
+    gas_used: int
+    block_number: int
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Thaw:
+    amount_wei: int
+    ready_at: int
+
+
+def _error_selectors(artifacts: dict[str, Artifact]) -> dict[bytes, tuple[str, list[str], list[str]]]:
+    selectors: dict[bytes, tuple[str, list[str], list[str]]] = {
+        keccak(text="Error(string)")[:4]: ("Error", ["string"], ["message"]),
+        keccak(text="Panic(uint256)")[:4]: ("Panic", ["uint256"], ["code"]),
+    }
+    for artifact in artifacts.values():
+        for item in artifact.abi:
+            if item["type"] == "error":
+                types = [i["type"] for i in item["inputs"]]
+                names = [i["name"] for i in item["inputs"]]
+                selectors[keccak(text=f"{item['name']}({','.join(types)})")[:4]] = (item["name"], types, names)
+    # OpenZeppelin errors reachable through our contracts
+    selectors[keccak(text="ReentrancyGuardReentrantCall()")[:4]] = ("ReentrancyGuardReentrantCall", [], [])
+    return selectors
+
+
+class Chain:
+    """A connection to one EVM network, optionally with a signing account and a deployment."""
+
+    def __init__(
+        self,
+        w3: Web3,
+        account: LocalAccount | None = None,
+        deployment: Deployment | None = None,
+        tx_timeout_s: float = 120.0,
+    ) -> None:
+        self.w3 = w3
+        self.account = account
+        self.deployment = deployment
+        self.tx_timeout_s = tx_timeout_s
+        self.artifacts = load_artifacts()
+        self._errors = _error_selectors(self.artifacts)
+        self._send_lock = threading.Lock()
+        self.registry = self.escrow = None
+        if deployment is not None:
+            self.registry = w3.eth.contract(address=to_checksum_address(deployment.registry),
+                                            abi=self.artifacts["OfferRegistry"].abi)
+            self.escrow = w3.eth.contract(address=to_checksum_address(deployment.escrow),
+                                          abi=self.artifacts["PaymentEscrow"].abi)
+
+    # ------------------------------------------------------------------ connecting
+    @classmethod
+    def connect(
+        cls,
+        rpc_url: str,
+        account: LocalAccount | None = None,
+        deployment: Deployment | None = None,
+        expected_chain_id: int | None = None,
+        timeout_s: float = 10.0,
+    ) -> Chain:
+        """Connect and check: RPC reachable, chain id as expected, contract code at the deployment."""
+        w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": timeout_s}))
+        try:
+            chain_id = w3.eth.chain_id
+        except (requests.RequestException, Web3Exception, OSError, ValueError) as exc:
+            raise ChainError(f"cannot reach RPC {rpc_url}: {type(exc).__name__}") from exc
+        want = expected_chain_id if expected_chain_id is not None else (deployment.chain_id if deployment else None)
+        if want is not None and chain_id != want:
+            raise ChainError(f"RPC {rpc_url} is chain id {chain_id}, expected {want}")
+        if deployment is not None:
+            for name, address in (("OfferRegistry", deployment.registry), ("PaymentEscrow", deployment.escrow)):
+                if len(w3.eth.get_code(to_checksum_address(address))) == 0:
+                    raise ChainError(
+                        f"no contract code for {name} at {address} on chain {chain_id}: "
+                        "redeploy with `python scripts/deploy.py`"
+                    )
+        return cls(w3, account, deployment)
+
+    @property
+    def chain_id(self) -> int:
+        return int(self.w3.eth.chain_id)
+
+    @property
+    def address(self) -> str:
+        return self._require_account().address
+
+    def block_timestamp(self) -> int:
+        return int(self.w3.eth.get_block("latest")["timestamp"])
+
+    def eth_balance(self, address: str) -> int:
+        return int(self.w3.eth.get_balance(to_checksum_address(address)))
+
+    # ------------------------------------------------------------------ deploying
+    def deploy_contracts(
+        self, network: str, rpc_url: str, thaw_period_s: int, max_receipt_validity_s: int, offer_ttl_s: int
+    ) -> Deployment:
+        """Deploy OfferRegistry and PaymentEscrow from the account and return their Deployment."""
+        registry_tx = self._deploy("OfferRegistry", offer_ttl_s)
+        escrow_tx = self._deploy("PaymentEscrow", thaw_period_s, max_receipt_validity_s)
+        deployment = Deployment(
+            network=network,
+            chain_id=self.chain_id,
+            rpc_url=rpc_url,
+            registry=registry_tx["contractAddress"],
+            escrow=escrow_tx["contractAddress"],
+            deploy_block=int(registry_tx["blockNumber"]),
+            compiler=self.artifacts["PaymentEscrow"].compiler,
+            evm_version=EVM_VERSION,
+            thaw_period_s=thaw_period_s,
+            max_receipt_validity_s=max_receipt_validity_s,
+            offer_ttl_s=offer_ttl_s,
+        )
+        for address in (deployment.registry, deployment.escrow):
+            if len(self.w3.eth.get_code(to_checksum_address(address))) == 0:
+                raise ChainError(f"deployment reported {address} but the chain has no code there")
+        return deployment
+
+    def _deploy(self, name: str, *args: int) -> Any:
+        artifact = self.artifacts[name]
+        factory = self.w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
+        receipt = self._send(factory.constructor(*args), what=f"deploy {name}")
+        if not receipt["contractAddress"]:
+            raise ChainError(f"deploy {name}: no contract address in the receipt")
+        return receipt
+
+    # ------------------------------------------------------------------ registry
+    def register_offer(
+        self, model_id: bytes, start: int, end: int, price_wei_per_token: int, endpoint: str
+    ) -> tuple[int, TxResult]:
+        result = self._tx(self._registry().functions.register(model_id, start, end, price_wei_per_token, endpoint),
+                          "register offer")
+        offer_id = next(args["offerId"] for name, args in result.events if name == "OfferRegistered")
+        return int(offer_id), result
+
+    def update_price(self, offer_id: int, price_wei_per_token: int) -> TxResult:
+        return self._tx(self._registry().functions.updatePrice(offer_id, price_wei_per_token), "update price")
+
+    def heartbeat(self, offer_id: int) -> TxResult:
+        return self._tx(self._registry().functions.heartbeat(offer_id), "heartbeat")
+
+    def remove_offer(self, offer_id: int) -> TxResult:
+        return self._tx(self._registry().functions.remove(offer_id), "remove offer")
+
+    def get_offer(self, offer_id: int) -> Offer:
+        return _offer(self._call(self._registry().functions.getOffer(offer_id)))
+
+    def live_offers(self, model_id: bytes, page_size: int = DEFAULT_PAGE) -> list[Offer]:
+        """Every unexpired offer for a model, paging through the registry."""
+        offers: list[Offer] = []
+        cursor = 0
+        while True:
+            page, cursor = self._call(self._registry().functions.offersByModel(model_id, cursor, page_size))
+            offers.extend(_offer(o) for o in page)
+            if cursor == 0:
+                return offers
+
+    def offers_of(self, node: str, model_id: bytes) -> list[Offer]:
+        return [o for o in self.live_offers(model_id) if o.node.lower() == node.lower()]
+
+    def offer_ttl_s(self) -> int:
+        return int(self._call(self._registry().functions.offerTtl()))
+
+    # ------------------------------------------------------------------ escrow
+    def escrow_domain(self) -> EscrowDomain:
+        return EscrowDomain(self.chain_id, self._escrow().address)
+
+    def deposit(self, amount_wei: int) -> TxResult:
+        return self._tx(self._escrow().functions.deposit(), "deposit", value=amount_wei)
+
+    def request_withdraw(self, amount_wei: int) -> TxResult:
+        return self._tx(self._escrow().functions.requestWithdraw(amount_wei), "request withdraw")
+
+    def cancel_withdraw(self) -> TxResult:
+        return self._tx(self._escrow().functions.cancelWithdraw(), "cancel withdraw")
+
+    def withdraw(self) -> tuple[int, TxResult]:
+        result = self._tx(self._escrow().functions.withdraw(), "withdraw")
+        amount = sum(args["amount"] for name, args in result.events if name == "Withdrawn")
+        return int(amount), result
+
+    def claim(self, receipt: Receipt, signature: bytes) -> tuple[int, TxResult]:
+        result = self._tx(self._escrow().functions.claim(receipt.as_tuple(), signature), "claim")
+        return sum(int(args["paid"]) for name, args in result.events if name == "Claimed"), result
+
+    def claim_batch(self, items: Sequence[tuple[Receipt, bytes]]) -> tuple[list[int], TxResult]:
+        """Claim many receipts in one transaction; returns what each item paid (0 where rejected)."""
+        if not items:
+            raise ValueError("claim_batch needs at least one receipt")
+        fn = self._escrow().functions.claimBatch([r.as_tuple() for r, _ in items], [s for _, s in items])
+        result = self._tx(fn, f"claim batch of {len(items)}")
+        outcomes = [(name, args) for name, args in result.events if name in ("Claimed", "ClaimRejected")]
+        if len(outcomes) != len(items):
+            raise ChainError(f"claim batch: {len(outcomes)} outcomes for {len(items)} receipts")
+        return [int(args["paid"]) if name == "Claimed" else 0 for name, args in outcomes], result
+
+    def escrow_balance(self, client: str) -> int:
+        return int(self._call(self._escrow().functions.balanceOf(to_checksum_address(client))))
+
+    def thaw_of(self, client: str) -> Thaw:
+        amount, ready_at = self._call(self._escrow().functions.thawOf(to_checksum_address(client)))
+        return Thaw(int(amount), int(ready_at))
+
+    def paid_for(self, client: str, node: str, session_id: bytes) -> int:
+        fn = self._escrow().functions.paidFor(to_checksum_address(client), to_checksum_address(node), session_id)
+        return int(self._call(fn))
+
+    def escrow_periods(self) -> tuple[int, int]:
+        """(thawPeriod, maxReceiptValidity) in seconds."""
+        escrow = self._escrow()
+        return int(self._call(escrow.functions.thawPeriod())), int(self._call(escrow.functions.maxReceiptValidity()))
+
+    def onchain_receipt_digest(self, receipt: Receipt) -> bytes:
+        return bytes(self._call(self._escrow().functions.receiptDigest(receipt.as_tuple())))
+
+    def onchain_receipt_typehash(self) -> bytes:
+        return bytes(self._call(self._escrow().functions.RECEIPT_TYPEHASH()))
+
+    # ------------------------------------------------------------------ plumbing
+    def _registry(self) -> Any:
+        if self.registry is None:
+            raise ChainError("no deployment loaded: pass --network or a deployment file")
+        return self.registry
+
+    def _escrow(self) -> Any:
+        if self.escrow is None:
+            raise ChainError("no deployment loaded: pass --network or a deployment file")
+        return self.escrow
+
+    def _require_account(self) -> LocalAccount:
+        if self.account is None:
+            raise ChainError("this action needs a key: use --keystore, --private-key-env or --dev-account")
+        return self.account
+
+    def _call(self, fn: Any) -> Any:
+        try:
+            return fn.call()
+        except (ContractCustomError, ContractLogicError) as exc:
+            raise self._reverted(exc, "call") from exc
+        except (requests.RequestException, OSError) as exc:
+            raise ChainError(f"RPC unreachable: {type(exc).__name__}") from exc
+
+    def _tx(self, fn: Any, what: str, value: int = 0) -> TxResult:
+        receipt = self._send(fn, what, value)
+        return TxResult(receipt["transactionHash"].to_0x_hex(), int(receipt["gasUsed"]),
+                        int(receipt["blockNumber"]), self._decode_events(receipt))
+
+    def _send(self, fn: Any, what: str, value: int = 0) -> Any:
+        account = self._require_account()
+        with self._send_lock:
+            try:
+                tx = fn.build_transaction({
+                    "from": account.address,
+                    "value": value,
+                    "nonce": self.w3.eth.get_transaction_count(account.address, "pending"),
+                    "chainId": self.chain_id,
+                })
+                cost = int(tx["gas"]) * int(tx.get("maxFeePerGas", tx.get("gasPrice", 0))) + value
+                balance = self.w3.eth.get_balance(account.address)
+                if balance < cost:
+                    raise ChainError(f"{what}: account {account.address} has {balance} wei, needs about {cost}")
+                signed = account.sign_transaction(tx)
+                tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
+                receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=self.tx_timeout_s)
+            except (ContractCustomError, ContractLogicError) as exc:
+                raise self._reverted(exc, what) from exc
+            except TimeExhausted as exc:
+                raise ChainError(f"{what}: not mined within {self.tx_timeout_s:.0f} s") from exc
+            except (requests.RequestException, OSError) as exc:
+                raise ChainError(f"{what}: RPC unreachable ({type(exc).__name__})") from exc
+            except Web3Exception as exc:
+                if "insufficient funds" in str(exc).lower():
+                    balance = self.w3.eth.get_balance(account.address)
+                    raise ChainError(
+                        f"{what}: account {account.address} has {balance} wei, not enough for gas + {value} wei"
+                    ) from exc
+                raise ChainError(f"{what}: {exc}") from exc
+        if receipt["status"] != 1:
+            raise TxReverted(f"{what}: transaction {receipt['transactionHash'].to_0x_hex()} reverted")
+        return receipt
+
+    def _reverted(self, exc: Exception, what: str) -> TxReverted:
+        data = getattr(exc, "data", None)
+        raw = bytes.fromhex(data[2:]) if isinstance(data, str) and data.startswith("0x") else b""
+        known = self._errors.get(raw[:4]) if len(raw) >= 4 else None
+        if known is None:
+            return TxReverted(f"{what} reverted: {exc}")
+        name, types, names = known
+        values = abi_decode(types, raw[4:]) if types else ()
+        args = {n: (v.hex() if isinstance(v, bytes) else v) for n, v in zip(names, values, strict=True)}
+        rendered = ", ".join(f"{k}={v}" for k, v in args.items())
+        return TxReverted(f"{what} reverted: {name}({rendered})", name, args)
+
+    def _decode_events(self, receipt: Any) -> list[tuple[str, dict[str, Any]]]:
+        contracts = [c for c in (self.registry, self.escrow) if c is not None]
+        by_topic: dict[bytes, tuple[Any, str]] = {}
+        for contract in contracts:
+            for item in contract.abi:
+                if item["type"] == "event":
+                    signature = f"{item['name']}({','.join(i['type'] for i in item['inputs'])})"
+                    by_topic[keccak(text=signature)] = (contract, item["name"])
+        events: list[tuple[str, dict[str, Any]]] = []
+        for log in receipt["logs"]:
+            if not log["topics"]:
+                continue
+            hit = by_topic.get(bytes(log["topics"][0]))
+            if hit is None:
+                continue
+            contract, name = hit
+            if log["address"].lower() != contract.address.lower():
+                continue
+            decoded = getattr(contract.events, name)().process_log(log)
+            events.append((name, dict(decoded["args"])))
+        return events
+
+
+def _offer(raw: Sequence[Any]) -> Offer:
+    offer_id, node, model_id, start, end, price, endpoint, expires_at = raw
+    return Offer(int(offer_id), to_checksum_address(node), bytes(model_id), int(start), int(end), int(price),
+                 str(endpoint), int(expires_at))
