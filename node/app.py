@@ -1,0 +1,288 @@
+"""The node's HTTP API (FastAPI), built by `create_app` from already-constructed parts; no import-time state.
+Routes validate, delegate (executor, payment policy, ledger) and serialize. Every error maps here, in one
+place, to a 4xx/503 with `{"error": code, "detail": ...}`; the executor and policy know nothing of HTTP."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import torch
+from fastapi import FastAPI, Header, Path, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from node.executor import (
+    CacheBudgetExceeded,
+    DtypeMismatch,
+    ExecutorError,
+    LengthExceeded,
+    PositionMismatch,
+    SessionExists,
+    ShapeMismatch,
+    ShardExecutor,
+    UnknownSession,
+)
+from node.ledger import Ledger
+from node.metrics import Metrics
+from node.payment import EscrowView, PaymentError, Terms, check_receipt
+from p2pllm import codec
+
+log = logging.getLogger("p2pnode.app")
+
+SESSION_ID_PATTERN = r"^0x[0-9a-fA-F]{64}$"
+ADDRESS_PATTERN = r"^0x[0-9a-fA-F]{40}$"
+_SESSION_ID_RE = re.compile(SESSION_ID_PATTERN)
+_HEX_RE = re.compile(r"^0x[0-9a-fA-F]*$")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, detail: Any = None, headers: dict[str, str] | None = None) -> None:
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.headers = headers
+
+
+@dataclass
+class AppState:
+    """Everything the routes need, passed in by the caller."""
+
+    executor: ShardExecutor
+    ledger: Ledger
+    terms: Terms
+    escrow: EscrowView
+    info: dict[str, Any]
+    metrics: Metrics
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_session_length: int = 4096
+    retry_after_s: int = 2
+    now: Callable[[], int] = lambda: int(time.time())
+    on_receipt: Callable[[], None] = lambda: None
+    clients: dict[str, str] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class OpenSession(BaseModel):
+    session_id: str = Field(pattern=SESSION_ID_PATTERN, description="bytes32 hex; the receipts' sessionId")
+    client: str = Field(pattern=ADDRESS_PATTERN, description="the client's address (receipt signer)")
+    max_length: int = Field(ge=1, description="most tokens this session will ever hold in the cache")
+
+
+class SessionOpened(BaseModel):
+    session_id: str
+    max_length: int
+    free_tokens: int
+
+
+class ErrorBody(BaseModel):
+    error: str
+    detail: Any = None
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody}, 402: {"model": ErrorBody}, 404: {"model": ErrorBody},
+    409: {"model": ErrorBody}, 413: {"model": ErrorBody}, 422: {"model": ErrorBody}, 503: {"model": ErrorBody},
+}
+
+_TENSOR_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+        "description": "hidden states (1, tokens, hidden) in the p2pllm wire codec, in the node's dtype",
+    }
+}
+
+
+def _executor_error(exc: ExecutorError) -> ApiError:
+    data = {k: v for k, v in vars(exc).items() if not k.startswith("_")}
+    if isinstance(exc, CacheBudgetExceeded):
+        return ApiError(503, "cache_full", data)
+    if isinstance(exc, UnknownSession):
+        return ApiError(404, "unknown_session", data)
+    if isinstance(exc, SessionExists):
+        return ApiError(409, "session_exists", data)
+    if isinstance(exc, PositionMismatch):
+        return ApiError(409, "position_mismatch", data)
+    if isinstance(exc, LengthExceeded):
+        return ApiError(400, "length_exceeded", data)
+    if isinstance(exc, ShapeMismatch):
+        return ApiError(400, "shape_mismatch", data)
+    if isinstance(exc, DtypeMismatch):
+        return ApiError(400, "dtype_mismatch", data)
+    return ApiError(400, type(exc).__name__, data)
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def create_app(state: AppState) -> FastAPI:
+    """The node's FastAPI app over `state`."""
+    app = FastAPI(title="P2P-LLM node", version="0.1.0",
+                  description="Serves a layer range of a transformer for per-token payment receipts.")
+    app.state.node = state
+
+    def error_response(err: ApiError) -> JSONResponse:
+        headers = dict(err.headers or {})
+        if err.status == 503:
+            headers.setdefault("Retry-After", str(state.retry_after_s))
+        return JSONResponse({"error": err.code, "detail": _jsonable(err.detail)}, err.status, headers=headers)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        state.metrics.reject(exc.code)
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        state.metrics.reject("invalid_request")
+        return JSONResponse({"error": "invalid_request", "detail": _jsonable(exc.errors())}, 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": "http_error", "detail": exc.detail}, exc.status_code)
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "active_sessions": len(state.executor.sessions()),
+                "free_tokens": state.executor.free_tokens}
+
+    @app.get("/info")
+    def info() -> dict[str, Any]:
+        return {**state.info, "price_wei_per_token": str(state.terms.price_wei_per_token),
+                "credit_wei": str(state.terms.credit_wei), "capacity_tokens": state.executor.budget_tokens,
+                "free_tokens": state.executor.free_tokens}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def metrics() -> str:
+        return state.metrics.render()
+
+    @app.post("/sessions", status_code=201, response_model=SessionOpened, responses=ERRORS)
+    def open_session(body: OpenSession) -> SessionOpened:
+        if body.max_length > state.max_session_length:
+            raise ApiError(400, "length_exceeded", {"max_length": body.max_length,
+                                                     "limit": state.max_session_length})
+        sid = body.session_id.lower()
+        try:
+            opened = state.executor.open_session(body.max_length, session_id=sid)
+        except ExecutorError as exc:
+            raise _executor_error(exc) from exc
+        with state.lock:
+            state.clients[sid] = body.client
+        return SessionOpened(session_id=sid, max_length=opened.max_length, free_tokens=state.executor.free_tokens)
+
+    @app.delete("/sessions/{session_id}", status_code=204, responses=ERRORS)
+    def close_session(session_id: Annotated[str, Path(pattern=SESSION_ID_PATTERN)]) -> Response:
+        sid = session_id.lower()
+        try:
+            state.executor.close_session(sid)
+        except ExecutorError as exc:
+            raise _executor_error(exc) from exc
+        finally:
+            with state.lock:
+                state.clients.pop(sid, None)
+        return Response(status_code=204)
+
+    @app.post("/sessions/{session_id}/forward", responses={200: {"content": {"application/octet-stream": {}}},
+                                                           **ERRORS}, openapi_extra=_TENSOR_BODY)
+    async def forward(
+        request: Request,
+        session_id: Annotated[str, Path(pattern=SESSION_ID_PATTERN)],
+        x_position: Annotated[int, Header(ge=0, description="absolute position of the first token")],
+        x_receipt: Annotated[str, Header(description='JSON {"tokens", "amount_wei", "deadline", "signature"}')],
+    ) -> Response:
+        sid = session_id.lower()
+        body = await _read_body(request, state.max_body_bytes)
+        return await run_in_threadpool(_forward, state, sid, body, x_position, x_receipt)
+
+    return app
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, "body_too_large", {"max_bytes": limit, "content_length": int(declared)})
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "body_too_large", {"max_bytes": limit})
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse_receipt_header(raw: str) -> tuple[int, int, int, bytes]:
+    try:
+        data = json.loads(raw)
+        tokens, amount, deadline, signature = (data["tokens"], data["amount_wei"], data["deadline"],
+                                               data["signature"])
+        if not (isinstance(signature, str) and _HEX_RE.match(signature)):
+            raise ValueError("signature must be 0x-hex")
+        parsed = (int(tokens), int(amount), int(deadline), bytes.fromhex(signature[2:]))
+    except (ValueError, TypeError, KeyError, OverflowError) as exc:
+        raise ApiError(400, "bad_receipt_header", str(exc)) from exc
+    if any(isinstance(v, bool) or not isinstance(v, int | str) for v in (tokens, amount, deadline)):
+        raise ApiError(400, "bad_receipt_header", "tokens, amount_wei and deadline must be integers")
+    return parsed
+
+
+def _forward(state: AppState, sid: str, body: bytes, position: int, receipt_header: str) -> Response:
+    started = time.perf_counter()
+    with state.lock:
+        client = state.clients.get(sid)
+    if client is None or not _SESSION_ID_RE.match(sid):
+        raise ApiError(404, "unknown_session", {"session_id": sid})
+    shard = state.executor.shard
+    try:
+        hidden = codec.decode(body, max_bytes=state.max_body_bytes, expected_dtype=shard.dtype,
+                              expected_trailing_dim=shard.hidden_size)
+    except codec.CodecError as exc:
+        raise ApiError(400, exc.reason, exc.detail) from exc
+    if hidden.dim() != 3 or hidden.shape[0] != 1 or hidden.shape[1] < 1:
+        raise ApiError(400, "shape_mismatch", {"expected": [1, "tokens", shard.hidden_size],
+                                               "got": list(hidden.shape)})
+    try:
+        session = state.executor.session(sid)
+    except ExecutorError as exc:
+        with state.lock:
+            state.clients.pop(sid, None)
+        raise _executor_error(exc) from exc
+    tokens_now = int(hidden.shape[1])
+    if position != session.length:
+        raise ApiError(409, "position_mismatch", {"expected": session.length, "got": position})
+    if position + tokens_now > session.max_length:
+        raise ApiError(400, "length_exceeded", {"max_length": session.max_length, "requested": position + tokens_now})
+    tokens, amount, deadline, signature = _parse_receipt_header(receipt_header)
+    session_bytes = bytes.fromhex(sid[2:])
+    held = state.ledger.latest(client, session_bytes)
+    try:
+        receipt = check_receipt(
+            state.terms, state.escrow, client=client, session_id=session_bytes, tokens_after=position + tokens_now,
+            previous=held.receipt if held else None, paid_wei=held.paid_wei if held else 0, tokens=tokens,
+            amount_wei=amount, deadline=deadline, signature=signature, now=state.now(),
+        )
+    except PaymentError as exc:
+        raise ApiError(402, exc.code, exc.detail) from exc
+    positions = torch.arange(position, position + tokens_now, dtype=torch.int64)
+    try:
+        out = state.executor.forward(sid, hidden, positions)
+    except ExecutorError as exc:
+        raise _executor_error(exc) from exc
+    # Durable before the output leaves: a crash after this line loses no earnings.
+    state.ledger.record(receipt, signature)
+    state.on_receipt()
+    payload = codec.encode(out)
+    state.metrics.observe_step(time.perf_counter() - started, tokens_now)
+    return Response(payload, media_type="application/octet-stream",
+                    headers={"X-Tokens-Processed": str(position + tokens_now)})

@@ -1,0 +1,251 @@
+"""`p2pnode`: the node operator's command line, `main(argv) -> int` over the node library.
+
+    p2pnode register --layers 8-16 --price 0.002 --endpoint http://my.host:8000 --dev-account 1
+    p2pnode serve --layers 8-16 --price 0.002 --port 8000 --dev-account 1
+    p2pnode set-price --offer-id 3 --price 0.001 | deregister --offer-id 3 | claim | status [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from node.claimer import Claimer, ClaimPolicy
+from node.ledger import Ledger
+from p2pllm.chain import Chain, ChainError
+from p2pllm.cli_common import (
+    CliError,
+    add_chain_options,
+    connect,
+    format_eth,
+    parse_eth,
+    print_json,
+    print_table,
+)
+from p2pllm.keys import KeyError_
+from p2pllm.models import DEFAULT_MODEL
+
+
+def parse_layers(text: str) -> tuple[int, int]:
+    """'8-16' -> (8, 16), the half-open range [8, 16)."""
+    try:
+        start_text, end_text = text.split("-")
+        start, end = int(start_text), int(end_text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"layers must look like 8-16 (half-open [8, 16)), got {text!r}") from exc
+    if not 0 <= start < end:
+        raise argparse.ArgumentTypeError(f"layer range must satisfy 0 <= start < end, got {text!r}")
+    return start, end
+
+
+def _layers_or_auto(text: str) -> tuple[int, int] | str:
+    return "auto" if text == "auto" else parse_layers(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="p2pnode", description="Serve layers of an LLM for pay on P2P-LLM.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    register = sub.add_parser("register", help="put an offer for a layer range on-chain")
+    register.add_argument("--layers", type=_layers_or_auto, required=True,
+                          help="half-open range START-END, e.g. 8-16, or 'auto' (with --num-layers)")
+    register.add_argument("--num-layers", type=int, help="with --layers auto: how many layers to serve")
+    register.add_argument("--compute-ms-per-layer", type=float, default=1.0,
+                          help="with --layers auto: this node's compute time per layer, for the revenue estimate")
+    register.add_argument("--price", type=parse_eth, required=True, help="ETH per token through this range")
+    register.add_argument("--model", default=DEFAULT_MODEL, help=f"catalogue name or folder (default {DEFAULT_MODEL})")
+    register.add_argument("--endpoint", default="http://127.0.0.1:8000", help="public URL clients will call")
+    register.add_argument("--json", action="store_true", help="machine-readable output")
+    add_chain_options(register)
+
+    serve = sub.add_parser("serve", help="load the shard, serve it over HTTP, heartbeat and claim")
+    serve.add_argument("--layers", type=parse_layers, required=True, help="half-open range START-END")
+    serve.add_argument("--price", type=parse_eth, required=True, help="ETH per token through this range")
+    serve.add_argument("--model", default=DEFAULT_MODEL, help=f"catalogue name or folder (default {DEFAULT_MODEL})")
+    serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port to bind; 0 picks a free one (default 8000)")
+    serve.add_argument("--endpoint", help="public URL to advertise (default http://HOST:PORT)")
+    serve.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    serve.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    serve.add_argument("--data-dir", type=Path, default=Path(".p2pnode"), help="where the receipt ledger lives")
+    serve.add_argument("--budget-tokens", type=int, default=8192, help="KV-cache budget in tokens")
+    serve.add_argument("--max-session-length", type=int, default=2048, help="longest session accepted")
+    serve.add_argument("--credit", type=parse_eth, default=0, help="ETH a client may be behind (default 0)")
+    serve.add_argument("--claim-min", type=parse_eth, default=10**15, help="claim once this much ETH is held")
+    serve.add_argument("--claim-max-age", type=float, default=300.0, help="or once a receipt is this old (s)")
+    serve.add_argument("--claim-interval", type=float, default=5.0, help="how often to check (s)")
+    serve.add_argument("--threads", type=int, help="torch CPU threads")
+    serve.add_argument("--no-register", dest="register", action="store_false",
+                       help="require an existing offer instead of registering one")
+    serve.add_argument("--auto-price", action="store_true", help="let the pricing agent set the on-chain price")
+    serve.add_argument("--auto-price-interval", type=float, default=30.0, help="seconds between pricing steps")
+    serve.add_argument("--auto-price-threshold", type=float, default=0.02,
+                       help="update on-chain only if the price moves by more than this fraction")
+    serve.add_argument("--auto-price-min-gap", type=float, default=60.0, help="at least this many s between updates")
+    serve.add_argument("--alpha", type=float, default=0.5, help="clients' assumed price weight α for pricing")
+    add_chain_options(serve)
+
+    set_price = sub.add_parser("set-price", help="change an offer's price")
+    set_price.add_argument("--offer-id", type=int, required=True)
+    set_price.add_argument("--price", type=parse_eth, required=True, help="new ETH per token")
+    add_chain_options(set_price)
+
+    deregister = sub.add_parser("deregister", help="remove an offer from the registry")
+    deregister.add_argument("--offer-id", type=int, required=True)
+    add_chain_options(deregister)
+
+    claim = sub.add_parser("claim", help="claim every held receipt now")
+    claim.add_argument("--data-dir", type=Path, default=Path(".p2pnode"))
+    claim.add_argument("--json", action="store_true")
+    add_chain_options(claim)
+
+    status = sub.add_parser("status", help="offers, receipts, earnings and clients' escrow")
+    status.add_argument("--model", default=DEFAULT_MODEL)
+    status.add_argument("--data-dir", type=Path, default=Path(".p2pnode"))
+    status.add_argument("--json", action="store_true")
+    add_chain_options(status)
+    return parser
+
+
+def ledger_path(data_dir: Path, chain: Chain) -> Path:
+    return data_dir / f"ledger-{chain.chain_id}-{chain.address.lower()}.sqlite"
+
+
+def _model_hash(model: str) -> bytes:
+    from p2pllm.model_id import model_id
+    from p2pllm.models import resolve_model
+
+    return model_id(resolve_model(model).path)
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    chain = connect(args)
+    model_hash = _model_hash(args.model)
+    layers = args.layers
+    if layers == "auto":
+        from node.auto_layers import choose_layers_from_registry
+
+        layers = choose_layers_from_registry(chain, args.model, model_hash, args.num_layers, args.price,
+                                             args.compute_ms_per_layer)
+    start, end = layers
+    offer_id, tx = chain.register_offer(model_hash, start, end, args.price, args.endpoint)
+    if args.json:
+        print_json({"offer_id": offer_id, "tx_hash": tx.tx_hash, "layers": [start, end], "price_wei": args.price})
+    else:
+        print(f"offer {offer_id}: layers [{start}, {end}) at {format_eth(args.price)}/token, {args.endpoint}")
+        print(f"tx {tx.tx_hash} (gas {tx.gas_used})")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from node.server import ServeSettings, serve
+
+    auto = None
+    if args.auto_price:
+        from node.pricing_agent import AutoPriceSettings
+
+        auto = AutoPriceSettings(interval_s=args.auto_price_interval, threshold=args.auto_price_threshold,
+                                 min_gap_s=args.auto_price_min_gap, alpha=args.alpha)
+    settings = ServeSettings(
+        model=args.model, start=args.layers[0], end=args.layers[1], price_wei_per_token=args.price,
+        host=args.host, port=args.port, public_url=args.endpoint, device=args.device, dtype=args.dtype,
+        data_dir=args.data_dir, budget_tokens=args.budget_tokens, max_session_length=args.max_session_length,
+        credit_wei=args.credit, register=args.register, threads=args.threads, auto_price=auto,
+        claim=ClaimPolicy(min_batch_wei=args.claim_min, max_age_s=args.claim_max_age, interval_s=args.claim_interval),
+    )
+    return serve(settings, connect(args))
+
+
+def cmd_set_price(args: argparse.Namespace) -> int:
+    chain = connect(args)
+    tx = chain.update_price(args.offer_id, args.price)
+    print(f"offer {args.offer_id}: price {format_eth(args.price)}/token (tx {tx.tx_hash})")
+    return 0
+
+
+def cmd_deregister(args: argparse.Namespace) -> int:
+    chain = connect(args)
+    tx = chain.remove_offer(args.offer_id)
+    print(f"offer {args.offer_id} removed (tx {tx.tx_hash})")
+    return 0
+
+
+def cmd_claim(args: argparse.Namespace) -> int:
+    chain = connect(args)
+    ledger = Ledger(ledger_path(args.data_dir, chain))
+    try:
+        claimer = Claimer(ledger, lambda items: chain.claim_batch(items)[0],
+                          lambda r: chain.paid_for(r.client, r.node, r.session_id), ClaimPolicy())
+        report = claimer.claim_all()
+    finally:
+        ledger.close()
+    if args.json:
+        print_json({"receipts": report.receipts, "paid_wei": report.paid_wei})
+    else:
+        print(f"claimed {report.receipts} receipt(s): {format_eth(report.paid_wei)}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    chain = connect(args)
+    offers = chain.offers_of(chain.address, _model_hash(args.model))
+    path = ledger_path(args.data_dir, chain)
+    held = []
+    if path.exists():
+        ledger = Ledger(path)
+        held = ledger.all()
+        ledger.close()
+    clients = sorted({h.receipt.client for h in held})
+    escrow = {c: (chain.escrow_balance(c), chain.thaw_of(c)) for c in clients}
+    data = {
+        "node": chain.address,
+        "balance_wei": chain.eth_balance(chain.address),
+        "offers": [{"offer_id": o.offer_id, "layers": [o.start, o.end], "price_wei": o.price_wei_per_token,
+                    "endpoint": o.endpoint, "expires_at": o.expires_at} for o in offers],
+        "receipts": [{"client": h.receipt.client, "session_id": "0x" + h.receipt.session_id.hex(),
+                      "tokens": h.receipt.tokens, "amount_wei": h.receipt.amount_wei, "paid_wei": h.paid_wei,
+                      "deadline": h.receipt.deadline} for h in held],
+        "earned_wei": sum(h.paid_wei for h in held),
+        "unclaimed_wei": sum(h.unclaimed_wei for h in held),
+        "clients": [{"client": c, "escrow_wei": b, "thawing_wei": t.amount_wei, "thaw_ready_at": t.ready_at}
+                    for c, (b, t) in escrow.items()],
+    }
+    if args.json:
+        print_json(data)
+        return 0
+    print(f"node {data['node']}  balance {format_eth(data['balance_wei'])}")
+    print(f"earned {format_eth(data['earned_wei'])}, unclaimed {format_eth(data['unclaimed_wei'])}\n")
+    print_table(["offer", "layers", "price/token", "endpoint"],
+                [(o["offer_id"], f"{o['layers'][0]}-{o['layers'][1]}", format_eth(o["price_wei"]), o["endpoint"])
+                 for o in data["offers"]])
+    print()
+    print_table(["client", "session", "tokens", "signed", "paid"],
+                [(r["client"], r["session_id"][:12] + "…", r["tokens"], format_eth(r["amount_wei"]),
+                  format_eth(r["paid_wei"])) for r in data["receipts"]])
+    print()
+    print_table(["client", "escrow", "thawing"],
+                [(c["client"], format_eth(c["escrow_wei"]), format_eth(c["thawing_wei"])) for c in data["clients"]])
+    return 0
+
+
+COMMANDS = {"register": cmd_register, "serve": cmd_serve, "set-price": cmd_set_price,
+            "deregister": cmd_deregister, "claim": cmd_claim, "status": cmd_status}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(name)s: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except (CliError, ChainError, KeyError_, ValueError, LookupError) as exc:
+        print(f"p2pnode {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

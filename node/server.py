@@ -1,0 +1,210 @@
+"""`p2pnode serve`: load the shard, make sure the node's offer is on-chain, serve HTTP with uvicorn, keep the
+offer alive with heartbeats, claim receipts in the background and everything held on shutdown. This module
+wires the parts together; each part lives in its own module."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import uvicorn
+
+from node.app import AppState, create_app
+from node.claimer import Claimer, ClaimPolicy
+from node.executor import ShardExecutor
+from node.ledger import Ledger
+from node.metrics import Metrics
+from node.payment import CachedEscrowView, Terms
+from p2pllm.chain import Chain, Offer
+from p2pllm.model_id import model_id
+from p2pllm.models import resolve_model
+from p2pllm.shard import Shard, load_shard
+
+log = logging.getLogger("p2pnode")
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Everything `p2pnode serve` needs, built once by the CLI."""
+
+    model: str
+    start: int
+    end: int
+    price_wei_per_token: int
+    host: str = "127.0.0.1"
+    port: int = 0
+    public_url: str | None = None
+    device: str = "cpu"
+    dtype: str = "float32"
+    data_dir: Path = Path(".p2pnode")
+    budget_tokens: int = 8192
+    max_session_length: int = 2048
+    session_ttl_s: float = 300.0
+    credit_wei: int = 0
+    register: bool = True
+    claim: ClaimPolicy = field(default_factory=ClaimPolicy)
+    threads: int | None = None
+    auto_price: Any = None  # node.pricing_agent.AutoPriceSettings, when --auto-price is on
+
+
+class _GracefulServer(uvicorn.Server):
+    """uvicorn re-raises SIGINT/SIGTERM after shutting down, which would kill the process before the node
+    claims what it holds; here a signal only asks the server to stop, and `serve` finishes the job."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def say(message: str) -> None:
+    print(f"[p2pnode] {message}", file=sys.stderr, flush=True)
+
+
+def measure_compute_ms_per_layer(shard: Shard, steps: int = 8) -> float:
+    """Median time of a one-token cached decode step through the shard, per layer."""
+    cache = shard.new_cache()
+    hidden = torch.zeros(1, 1, shard.hidden_size, dtype=shard.dtype, device=shard.device)
+    times: list[float] = []
+    with torch.inference_mode():
+        shard(torch.zeros(1, 4, shard.hidden_size, dtype=shard.dtype, device=shard.device),
+              torch.arange(4, device=shard.device), cache)
+        for i in range(steps):
+            started = time.perf_counter()
+            shard(hidden, torch.tensor([4 + i], device=shard.device), cache)
+            if shard.device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - started)
+    times.sort()
+    return 1000 * times[len(times) // 2] / (shard.end - shard.start)
+
+
+def ensure_offer(chain: Chain, model_hash: bytes, settings: ServeSettings, endpoint: str) -> Offer:
+    """Reuse this node's live offer for the same model and range (updating its price), or register one."""
+    for offer in chain.offers_of(chain.address, model_hash):
+        if (offer.start, offer.end) == (settings.start, settings.end) and offer.endpoint == endpoint:
+            if offer.price_wei_per_token != settings.price_wei_per_token:
+                tx = chain.update_price(offer.offer_id, settings.price_wei_per_token)
+                say(f"offer {offer.offer_id}: price set to {settings.price_wei_per_token} wei/token (tx {tx.tx_hash})")
+            chain.heartbeat(offer.offer_id)
+            return chain.get_offer(offer.offer_id)
+    if not settings.register:
+        raise SystemExit(f"no live offer of this node for layers [{settings.start}, {settings.end}) at {endpoint}; "
+                         "run `p2pnode register` or drop --no-register")
+    offer_id, tx = chain.register_offer(model_hash, settings.start, settings.end, settings.price_wei_per_token,
+                                        endpoint)
+    say(f"registered offer {offer_id} for layers [{settings.start}, {settings.end}) (tx {tx.tx_hash})")
+    return chain.get_offer(offer_id)
+
+
+def _loop(stop: threading.Event, interval_s: float, what: str, action: Callable[[], object]) -> threading.Thread:
+    def run() -> None:
+        while not stop.wait(interval_s):
+            try:
+                action()
+            except Exception as exc:  # a background failure must not stop serving; retried next interval
+                log.warning("%s failed: %s", what, exc)
+                say(f"{what} failed (will retry): {exc}")
+
+    thread = threading.Thread(target=run, name=what, daemon=True)
+    thread.start()
+    return thread
+
+
+def serve(settings: ServeSettings, chain: Chain) -> int:
+    """Run a node until SIGINT/SIGTERM; returns the process exit code."""
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    say(f"resolving model {settings.model} ...")
+    source = resolve_model(settings.model)
+    model_hash = model_id(source.path)
+    say(f"loading layers [{settings.start}, {settings.end}) of {source.name} on {settings.device} "
+        f"({settings.dtype}) ...")
+    started = time.perf_counter()
+    shard = load_shard(source, settings.start, settings.end, settings.device, settings.dtype)
+    say(f"shard loaded in {time.perf_counter() - started:.1f} s; measuring compute time ...")
+    compute_ms = measure_compute_ms_per_layer(shard)
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((settings.host, settings.port))
+    port = sock.getsockname()[1]
+    endpoint = settings.public_url or f"http://{settings.host}:{port}"
+
+    offer = ensure_offer(chain, model_hash, settings, endpoint)
+    thaw_s, validity_s = chain.escrow_periods()
+    terms = Terms(node=chain.address, domain=chain.escrow_domain(), price_wei_per_token=offer.price_wei_per_token,
+                  credit_wei=settings.credit_wei, max_receipt_validity_s=validity_s)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    ledger = Ledger(settings.data_dir / f"ledger-{chain.chain_id}-{chain.address.lower()}.sqlite")
+    executor = ShardExecutor(shard, budget_tokens=settings.budget_tokens, ttl_s=settings.session_ttl_s)
+    escrow_view = CachedEscrowView(chain.escrow_balance, lambda c: (chain.thaw_of(c).amount_wei,
+                                                                    chain.thaw_of(c).ready_at))
+    claimer = Claimer(ledger, lambda items: chain.claim_batch(items)[0],
+                      lambda r: chain.paid_for(r.client, r.node, r.session_id), settings.claim)
+    if ledger.unclaimed():
+        say(f"ledger holds {len(ledger.unclaimed())} unclaimed receipt(s) from a previous run: claiming ...")
+        report = claimer.claim_all()
+        say(f"claimed {report.receipts} receipt(s), {report.paid_wei} wei")
+    metrics = Metrics({"p2pllm_active_sessions": ("Open sessions.", lambda: len(executor.sessions())),
+                       "p2pllm_unclaimed_wei": ("Wei held in receipts, not yet paid on-chain.",
+                                                lambda: sum(h.unclaimed_wei for h in ledger.unclaimed()))})
+    info = {
+        "node": chain.address, "model": source.name, "model_id": "0x" + model_hash.hex(),
+        "layer_start": settings.start, "layer_end": settings.end, "num_layers": source.num_layers,
+        "hidden_size": source.hidden_size, "dtype": settings.dtype, "device": str(shard.device),
+        "compute_ms_per_layer": compute_ms, "chain_id": chain.chain_id, "escrow": chain.escrow_domain().escrow,
+        "registry": chain.deployment.registry if chain.deployment else None, "offer_id": offer.offer_id,
+        "max_receipt_validity_s": validity_s, "thaw_period_s": thaw_s,
+    }
+    state = AppState(executor=executor, ledger=ledger, terms=terms, escrow=escrow_view, info=info, metrics=metrics,
+                     max_session_length=settings.max_session_length)
+    app = create_app(state)
+
+    stop = threading.Event()
+    ttl = chain.offer_ttl_s()
+    _loop(stop, max(ttl / 3, 1.0), "heartbeat", lambda: chain.heartbeat(offer.offer_id))
+    _loop(stop, min(settings.session_ttl_s / 2, 30.0), "session eviction", executor.evict_idle)
+    threading.Thread(target=claimer.run, args=(stop,), name="claims", daemon=True).start()
+    if settings.auto_price is not None:
+        from node.pricing_agent import start_pricing_agent
+
+        start_pricing_agent(stop, chain, offer, model_hash, terms_setter=lambda p: _set_price(state, p),
+                            settings=settings.auto_price, compute_ms_per_layer=compute_ms)
+
+    say(f"serving layers [{settings.start}, {settings.end}) at {endpoint} as offer {offer.offer_id} "
+        f"({offer.price_wei_per_token} wei/token, {compute_ms:.2f} ms/layer)")
+    print(f"READY {endpoint} offer={offer.offer_id} node={chain.address}", flush=True)
+    server = _GracefulServer(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
+    try:
+        server.run(sockets=[sock])
+    finally:
+        stop.set()
+        say("shutting down: claiming held receipts ...")
+        try:
+            report = claimer.claim_all()
+            say(f"claimed {report.receipts} receipt(s), {report.paid_wei} wei")
+        except Exception as exc:  # shutdown must finish; the ledger keeps the receipts for the next start
+            say(f"final claim failed, receipts stay in the ledger for the next start: {exc}")
+        ledger.close()
+    return 0
+
+
+def _set_price(state: AppState, price_wei_per_token: int) -> None:
+    terms = state.terms
+    state.terms = Terms(terms.node, terms.domain, price_wei_per_token, terms.credit_wei, terms.max_receipt_validity_s,
+                        terms.min_deadline_margin_s)

@@ -1,0 +1,80 @@
+"""Options and helpers both CLIs share: network/deployment selection, key sources, ETH amounts, tables.
+Knows nothing about either role."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+from p2pllm.chain import Chain, Deployment
+from p2pllm.compile import REPO_ROOT
+from p2pllm.keys import KeySource, load_account
+
+WEI_PER_ETH = 10**18
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit code 1."""
+
+
+def add_chain_options(parser: argparse.ArgumentParser, needs_key: bool = True) -> None:
+    group = parser.add_argument_group("network")
+    group.add_argument("--network", default=os.environ.get("P2PLLM_NETWORK", "anvil"),
+                       help="deployment name: reads deployments/<network>.json (default: anvil)")
+    group.add_argument("--deployment", type=Path, help="explicit deployment file (overrides --network)")
+    group.add_argument("--rpc-url", help="JSON-RPC endpoint (default: the deployment's rpc_url)")
+    if needs_key:
+        keys = parser.add_argument_group("key (one of)")
+        keys.add_argument("--keystore", type=Path,
+                          help="keystore file; password from $P2PLLM_KEYSTORE_PASSWORD or prompt")
+        keys.add_argument("--private-key-env", metavar="VAR", help="environment variable holding a private key")
+        keys.add_argument("--dev-account", type=int, metavar="N", help="anvil dev account N (local networks only)")
+
+
+def connect(args: argparse.Namespace, needs_key: bool = True) -> Chain:
+    path = args.deployment or (REPO_ROOT / "deployments" / f"{args.network}.json")
+    deployment = Deployment.load(path)
+    account = None
+    if needs_key:
+        if args.dev_account is not None and deployment.chain_id != 31337:
+            raise CliError("--dev-account is only for a local anvil chain (chain id 31337)")
+        account = load_account(KeySource(keystore=args.keystore, private_key_env=args.private_key_env,
+                                         dev_account=args.dev_account))
+    return Chain.connect(args.rpc_url or deployment.rpc_url, account, deployment)
+
+
+def parse_eth(text: str) -> int:
+    """'0.002' ETH -> wei (exact; rejects negatives and sub-wei precision)."""
+    try:
+        value = Decimal(text)
+    except InvalidOperation as exc:
+        raise argparse.ArgumentTypeError(f"not an ETH amount: {text!r}") from exc
+    wei = value * WEI_PER_ETH
+    if value < 0 or wei != wei.to_integral_value():
+        raise argparse.ArgumentTypeError(f"not a non-negative ETH amount with at most 18 decimals: {text!r}")
+    return int(wei)
+
+
+def format_eth(wei: int) -> str:
+    text = f"{Decimal(wei) / WEI_PER_ETH:.18f}".rstrip("0").rstrip(".")
+    return f"{text} ETH"
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out: Any = None) -> None:
+    out = out or sys.stdout
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)), file=out)
+    print("  ".join("-" * w for w in widths), file=out)
+    for row in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)), file=out)
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))

@@ -1,0 +1,115 @@
+"""End to end on a real anvil with a real `p2pnode serve` process (uvicorn) over the tiny Llama:
+register → serve → deposit → prefill + decode with receipts → claim → the escrow moved exactly
+price × tokens; and a node killed with SIGKILL claims, on restart, everything it had accepted."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import httpx
+import pytest
+import torch
+
+from node.cli import main as p2pnode
+from p2pllm import codec
+from p2pllm.chain import Chain
+from p2pllm.keys import dev_account
+from p2pllm.models import ModelSource
+from p2pllm.shard import load_shard
+from tests.chain_fixtures import DevChain
+from tests.node.helpers import PayingSession, start_node
+
+PRICE_WEI = 10**12  # 0.000001 ETH per token
+NODE_ACCOUNT, CLIENT_ACCOUNT = 1, 2
+
+
+@pytest.fixture
+def deployment_file(dev_chain: DevChain, tmp_path) -> str:
+    path = tmp_path / "deployment.json"
+    dev_chain.deployment.save(path)
+    return str(path)
+
+
+def _serve_args(model: ModelSource, deployment_file: str, data_dir, extra: tuple[str, ...] = ()) -> list[str]:
+    return ["--layers", "0-8", "--price", "0.000001", "--model", str(model.path), "--port", "0",
+            "--deployment", deployment_file, "--dev-account", str(NODE_ACCOUNT), "--data-dir", str(data_dir),
+            "--claim-min", "1", "--claim-interval", "3600", *extra]
+
+
+def _session(dev_chain: DevChain, endpoint: str, http: httpx.Client) -> PayingSession:
+    client = dev_chain.as_account(CLIENT_ACCOUNT)
+    info = http.get(f"{endpoint}/info").json()
+    return PayingSession(http, endpoint, os.urandom(32), bytes(client.account.key), client.address, info["node"],
+                         client.escrow_domain(), int(info["price_wei_per_token"]), client.block_timestamp() + 3600)
+
+
+def test_register_serve_pay_claim(dev_chain: DevChain, deployment_file: str, tiny_llama_source: ModelSource,
+                                  tmp_path, capsys) -> None:
+    assert p2pnode(["register", "--layers", "0-4", "--price", "0.000002", "--model", str(tiny_llama_source.path),
+                    "--endpoint", "http://127.0.0.1:9", "--deployment", deployment_file,
+                    "--dev-account", str(NODE_ACCOUNT), "--json"]) == 0
+    registered = json.loads(capsys.readouterr().out)
+    assert registered["offer_id"] == 1 and registered["tx_hash"].startswith("0x")
+
+    client_chain = dev_chain.as_account(CLIENT_ACCOUNT)
+    client_chain.deposit(10**17)
+    node = start_node(_serve_args(tiny_llama_source, deployment_file, tmp_path / "node"), cwd=tmp_path)
+    try:
+        with httpx.Client(timeout=30) as http:
+            info = http.get(f"{node.endpoint}/info").json()
+            assert (info["layer_start"], info["layer_end"], info["offer_id"]) == (0, 8, 2)
+            session = _session(dev_chain, node.endpoint, http)
+            assert session.open(max_length=16).status_code == 201
+            reference = load_shard(tiny_llama_source, 0, 8)
+            cache = reference.new_cache()
+            torch.manual_seed(0)
+            steps = [torch.randn(1, 5, 256)] + [torch.randn(1, 1, 256) for _ in range(3)]
+            position = 0
+            for hidden in steps:
+                response = session.forward(hidden)
+                assert response.status_code == 200, response.text
+                got = codec.decode(response.content)
+                positions = torch.arange(position, position + hidden.shape[1])
+                with torch.inference_mode():
+                    want = reference(hidden, positions, cache)
+                torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)  # thread counts differ
+                position += hidden.shape[1]
+            metrics = http.get(f"{node.endpoint}/metrics").text
+            assert "p2pllm_tokens_served_total 8" in metrics
+            assert f"p2pllm_unclaimed_wei {8 * PRICE_WEI}" in metrics
+    finally:
+        assert node.stop() == 0  # graceful: claims what it holds on the way out
+    node_chain = Chain.connect(dev_chain.anvil.rpc_url, dev_account(NODE_ACCOUNT), dev_chain.deployment)
+    assert node_chain.paid_for(client_chain.address, node.address, session.session_id) == 8 * PRICE_WEI
+    assert client_chain.escrow_balance(client_chain.address) == 10**17 - 8 * PRICE_WEI
+    assert "claimed 1 receipt(s), 8000000000000 wei" in "".join(node.lines)
+
+
+def test_kill_9_then_restart_claims_everything(dev_chain: DevChain, deployment_file: str,
+                                               tiny_llama_source: ModelSource, tmp_path) -> None:
+    client_chain = dev_chain.as_account(CLIENT_ACCOUNT)
+    client_chain.deposit(10**17)
+    args = _serve_args(tiny_llama_source, deployment_file, tmp_path / "node")
+    node = start_node(args, cwd=tmp_path)
+    sessions = []
+    with httpx.Client(timeout=30) as http:
+        for prompt_tokens in (3, 6):
+            session = _session(dev_chain, node.endpoint, http)
+            assert session.open(max_length=16).status_code == 201
+            assert session.forward(torch.randn(1, prompt_tokens, 256)).status_code == 200
+            assert session.forward(torch.randn(1, 1, 256)).status_code == 200
+            sessions.append(session)
+    node.stop(signal.SIGKILL)
+    assert client_chain.escrow_balance(client_chain.address) == 10**17  # nothing claimed before the crash
+
+    restarted = start_node(args, cwd=tmp_path)
+    try:
+        assert "unclaimed receipt(s) from a previous run" in "".join(restarted.lines)
+        for session in sessions:
+            assert client_chain.paid_for(client_chain.address, node.address, session.session_id) == \
+                session.tokens * PRICE_WEI
+    finally:
+        restarted.stop()
+    assert client_chain.escrow_balance(client_chain.address) == 10**17 - (4 + 7) * PRICE_WEI
