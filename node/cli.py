@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     serve.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     serve.add_argument("--data-dir", type=Path, default=Path(".p2pnode"), help="where the receipt ledger lives")
+    serve.add_argument("--ledger-sync", choices=["normal", "full"], default="normal",
+                       help="receipt ledger durability: normal survives a process crash; full also an OS crash "
+                            "(an fsync per request)")
     serve.add_argument("--budget-tokens", type=int, default=8192, help="KV-cache budget in tokens")
     serve.add_argument("--max-session-length", type=int, default=2048, help="longest session accepted")
     serve.add_argument("--credit", type=parse_eth, default=0, help="ETH a client may be behind (default 0)")
@@ -153,7 +156,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         model=args.model, start=args.layers[0], end=args.layers[1], price_wei_per_token=args.price,
         host=args.host, port=args.port, public_url=args.endpoint, device=args.device, dtype=args.dtype,
         data_dir=args.data_dir, budget_tokens=args.budget_tokens, max_session_length=args.max_session_length,
-        credit_wei=args.credit, register=args.register, threads=args.threads, auto_price=auto,
+        credit_wei=args.credit, ledger_sync=args.ledger_sync, register=args.register, threads=args.threads,
+        auto_price=auto,
         claim=ClaimPolicy(min_batch_wei=args.claim_min, max_age_s=args.claim_max_age, interval_s=args.claim_interval),
     )
     return serve(settings, connect(args))

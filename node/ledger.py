@@ -41,15 +41,19 @@ class HeldReceipt:
 
 
 class Ledger:
-    """Thread-safe; every write is committed (synchronous=FULL) before the call returns."""
+    """Thread-safe; every write is committed before the call returns. `sync="normal"` (WAL, the default)
+    survives a crash of the process (kill -9, OOM) at ~0.1 ms a write; `sync="full"` also survives an OS crash
+    or power loss, at the cost of an fsync per write (3–8 ms on a typical VM disk)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, sync: str = "normal") -> None:
+        if sync not in ("normal", "full"):
+            raise ValueError(f"ledger sync must be 'normal' or 'full', got {sync!r}")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(f"PRAGMA synchronous={sync.upper()}")
         self._db.executescript(_SCHEMA)
 
     def close(self) -> None:

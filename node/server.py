@@ -51,6 +51,7 @@ class ServeSettings:
     max_session_length: int = 2048
     session_ttl_s: float = 300.0
     credit_wei: int = 0
+    ledger_sync: str = "normal"
     register: bool = True
     claim: ClaimPolicy = field(default_factory=ClaimPolicy)
     threads: int | None = None
@@ -139,8 +140,11 @@ def serve(settings: ServeSettings, chain: Chain) -> int:
     say(f"shard loaded in {time.perf_counter() - started:.1f} s; measuring compute time ...")
     compute_ms = measure_compute_ms_per_layer(shard)
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP matters: asyncio only sets TCP_NODELAY on accepted sockets whose proto says TCP, and
+    # without it Nagle + delayed ACK add ~40 ms to every keep-alive response.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((settings.host, settings.port))
     port = sock.getsockname()[1]
     endpoint = settings.public_url or f"http://{settings.host}:{port}"
@@ -150,7 +154,8 @@ def serve(settings: ServeSettings, chain: Chain) -> int:
     terms = Terms(node=chain.address, domain=chain.escrow_domain(), price_wei_per_token=offer.price_wei_per_token,
                   credit_wei=settings.credit_wei, max_receipt_validity_s=validity_s)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    ledger = Ledger(settings.data_dir / f"ledger-{chain.chain_id}-{chain.address.lower()}.sqlite")
+    ledger = Ledger(settings.data_dir / f"ledger-{chain.chain_id}-{chain.address.lower()}.sqlite",
+                    sync=settings.ledger_sync)
     executor = ShardExecutor(shard, budget_tokens=settings.budget_tokens, ttl_s=settings.session_ttl_s)
     escrow_view = CachedEscrowView(chain.escrow_balance, lambda c: (chain.thaw_of(c).amount_wei,
                                                                     chain.thaw_of(c).ready_at))

@@ -1,0 +1,221 @@
+"""Every class of bad input gets a 4xx (402 for payment, 503 for a full cache) with a JSON error body, never a
+500, and the node keeps serving good requests afterwards. The app runs in-process (ASGI) over a real tiny
+shard, a real SQLite ledger and a real anvil escrow."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+import torch
+from eth_account import Account
+from fastapi.testclient import TestClient
+
+from node.app import AppState, create_app
+from node.executor import ShardExecutor
+from node.ledger import Ledger
+from node.metrics import Metrics
+from node.payment import CachedEscrowView, Terms
+from p2pllm import codec
+from p2pllm.chain import Chain
+from p2pllm.models import ModelSource
+from p2pllm.receipts import EscrowDomain, Receipt, sign_receipt
+from p2pllm.shard import load_shard
+from tests.chain_fixtures import DevChain
+
+PRICE = 10**12
+HIDDEN = 256
+
+
+@dataclass
+class Harness:
+    http: TestClient
+    state: AppState
+    client: Chain
+    node: str
+    domain: EscrowDomain
+    deadline: int
+
+    def open(self, max_length: int = 16, client: str | None = None) -> str:
+        sid = "0x" + os.urandom(32).hex()
+        response = self.http.post("/sessions", json={"session_id": sid, "client": client or self.client.address,
+                                                     "max_length": max_length})
+        assert response.status_code == 201, response.text
+        return sid
+
+    def receipt(self, sid: str, tokens: int, amount: int | None = None, key: bytes | None = None,
+                domain: EscrowDomain | None = None, node: str | None = None, client: str | None = None) -> str:
+        r = Receipt(client or self.client.address, node or self.node, bytes.fromhex(sid[2:]), tokens,
+                    PRICE * tokens if amount is None else amount, self.deadline)
+        sig = sign_receipt(r, domain or self.domain, key or bytes(self.client.account.key))
+        return json.dumps({"tokens": r.tokens, "amount_wei": str(r.amount_wei), "deadline": r.deadline,
+                           "signature": "0x" + sig.hex()})
+
+    def forward(self, sid: str, body: bytes, position: int = 0, receipt: str | None = None,
+                tokens: int = 1) -> object:
+        header = receipt if receipt is not None else self.receipt(sid, position + tokens)
+        return self.http.post(f"/sessions/{sid}/forward", content=body,
+                              headers={"X-Position": str(position), "X-Receipt": header})
+
+
+def hidden(tokens: int = 1, dtype: torch.dtype = torch.float32, width: int = HIDDEN) -> bytes:
+    return codec.encode(torch.randn(1, tokens, width).to(dtype))
+
+
+@pytest.fixture
+def harness(dev_chain: DevChain, tiny_llama_source: ModelSource, tmp_path) -> Iterator[Harness]:
+    node_chain = dev_chain.as_account(1)
+    client = dev_chain.as_account(2)
+    client.deposit(10**15)
+    domain = node_chain.escrow_domain()
+    terms = Terms(node=node_chain.address, domain=domain, price_wei_per_token=PRICE, credit_wei=0,
+                  max_receipt_validity_s=86400)
+    executor = ShardExecutor(load_shard(tiny_llama_source, 0, 4), budget_tokens=64, ttl_s=300)
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    escrow = CachedEscrowView(node_chain.escrow_balance,
+                              lambda c: (node_chain.thaw_of(c).amount_wei, node_chain.thaw_of(c).ready_at))
+    state = AppState(executor=executor, ledger=ledger, terms=terms, escrow=escrow, info={"node": node_chain.address},
+                     metrics=Metrics(), max_body_bytes=64 * 1024, max_session_length=32)
+    with TestClient(create_app(state), raise_server_exceptions=False) as http:
+        yield Harness(http, state, client, node_chain.address, domain, client.block_timestamp() + 3600)
+    ledger.close()
+
+
+def _error(response: object, status: int, code: str) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["error"] == code, body
+    return body
+
+
+def test_good_request_after_every_bad_one(harness: Harness) -> None:
+    sid = harness.open()
+    _error(harness.forward(sid, b"garbage"), 400, "truncated_header")
+    _error(harness.forward(sid, b"XXXX" + bytes(20)), 400, "bad_magic")
+    _error(harness.forward(sid, hidden(dtype=torch.float16)), 400, "dtype_mismatch")
+    response = harness.forward(sid, hidden(3), tokens=3)
+    assert response.status_code == 200
+    assert codec.decode(response.content).shape == (1, 3, HIDDEN)
+    assert response.headers["X-Tokens-Processed"] == "3"
+
+
+def test_oversized_body(harness: Harness) -> None:
+    sid = harness.open()
+    _error(harness.forward(sid, hidden(70)), 413, "body_too_large")
+
+
+def test_wrong_hidden_size_and_batch(harness: Harness) -> None:
+    sid = harness.open()
+    _error(harness.forward(sid, hidden(width=HIDDEN + 1)), 400, "trailing_dim_mismatch")
+    batch2 = codec.encode(torch.randn(2, 1, HIDDEN))
+    _error(harness.forward(sid, batch2), 400, "shape_mismatch")
+
+
+def test_non_finite_values(harness: Harness) -> None:
+    sid = harness.open()
+    bad = torch.randn(1, 2, HIDDEN)
+    bad[0, 1, 7] = float("nan")
+    _error(harness.forward(sid, codec.encode(bad), tokens=2), 400, "non_finite")
+    bad[0, 1, 7] = float("inf")
+    _error(harness.forward(sid, codec.encode(bad), tokens=2), 400, "non_finite")
+
+
+def test_unknown_and_expired_session(harness: Harness) -> None:
+    _error(harness.forward("0x" + "ab" * 32, hidden()), 404, "unknown_session")
+    sid = harness.open()
+    harness.state.executor.ttl_s = 1e-9
+    harness.state.executor.evict_idle()
+    _error(harness.forward(sid, hidden()), 404, "unknown_session")
+    bad_id = harness.http.post("/sessions/not-a-session/forward", content=hidden(),
+                               headers={"X-Position": "0", "X-Receipt": "{}"})
+    _error(bad_id, 422, "invalid_request")
+    _error(harness.http.delete("/sessions/0x" + "cd" * 32), 404, "unknown_session")
+
+
+def test_bad_signature(harness: Harness) -> None:
+    sid = harness.open()
+    _error(harness.forward(sid, hidden(), receipt=harness.receipt(sid, 1, key=Account.create().key)), 402,
+           "bad_signature")
+    header = json.loads(harness.receipt(sid, 1))
+    header["signature"] = header["signature"][:-2]  # 64 bytes
+    _error(harness.forward(sid, hidden(), receipt=json.dumps(header)), 402, "bad_signature")
+
+
+@pytest.mark.parametrize("foreign", ["node", "chain", "escrow"])
+def test_foreign_signature(harness: Harness, foreign: str) -> None:
+    sid = harness.open()
+    other = {"node": {"node": "0x" + "77" * 20},
+             "chain": {"domain": EscrowDomain(1, harness.domain.escrow)},
+             "escrow": {"domain": EscrowDomain(harness.domain.chain_id, "0x" + "88" * 20)}}[foreign]
+    _error(harness.forward(sid, hidden(), receipt=harness.receipt(sid, 1, **other)), 402, "bad_signature")
+
+
+def test_underpaying_receipt(harness: Harness) -> None:
+    sid = harness.open()
+    body = _error(harness.forward(sid, hidden(4), tokens=4, receipt=harness.receipt(sid, 4, amount=3 * PRICE)),
+                  402, "underpaid")
+    assert body["detail"]["owed_wei"] == str(4 * PRICE)
+
+
+def test_decreasing_receipt(harness: Harness) -> None:
+    sid = harness.open()
+    assert harness.forward(sid, hidden(2), tokens=2, receipt=harness.receipt(sid, 2, amount=5 * PRICE)).status_code \
+        == 200
+    _error(harness.forward(sid, hidden(), position=2, receipt=harness.receipt(sid, 3, amount=4 * PRICE)), 402,
+           "receipt_decreased")
+
+
+def test_client_without_enough_escrow(harness: Harness) -> None:
+    poor = Account.create()
+    sid = harness.open(client=poor.address)
+    _error(harness.forward(sid, hidden(), receipt=harness.receipt(sid, 1, key=poor.key, client=poor.address)),
+           402, "insufficient_escrow")
+
+
+def test_bad_deadline(harness: Harness) -> None:
+    sid = harness.open()
+    harness.deadline = harness.state.now() + 10
+    _error(harness.forward(sid, hidden()), 402, "bad_deadline")
+
+
+def test_malformed_and_missing_receipt_header(harness: Harness) -> None:
+    sid = harness.open()
+    for header in ("not json", "{}", '{"tokens": 1, "amount_wei": "x", "deadline": 1, "signature": "0x00"}',
+                   '{"tokens": true, "amount_wei": 1, "deadline": 1, "signature": "0x00"}'):
+        _error(harness.forward(sid, hidden(), receipt=header), 400, "bad_receipt_header")
+    response = harness.http.post(f"/sessions/{sid}/forward", content=hidden(), headers={"X-Position": "0"})
+    _error(response, 422, "invalid_request")
+
+
+def test_position_mismatch_and_length_exceeded(harness: Harness) -> None:
+    sid = harness.open(max_length=4)
+    _error(harness.forward(sid, hidden(), position=1), 409, "position_mismatch")
+    _error(harness.forward(sid, hidden(5), tokens=5), 400, "length_exceeded")
+    _error(harness.http.post("/sessions", json={"session_id": "0x" + "11" * 32, "client": harness.client.address,
+                                                "max_length": 10_000}), 400, "length_exceeded")
+
+
+def test_duplicate_session(harness: Harness) -> None:
+    sid = harness.open()
+    response = harness.http.post("/sessions", json={"session_id": sid, "client": harness.client.address,
+                                                    "max_length": 4})
+    _error(response, 409, "session_exists")
+
+
+def test_cache_full_is_503_with_retry_after(harness: Harness) -> None:
+    harness.open(max_length=32)
+    harness.open(max_length=32)
+    response = harness.http.post("/sessions", json={"session_id": "0x" + "22" * 32,
+                                                    "client": harness.client.address, "max_length": 1})
+    body = _error(response, 503, "cache_full")
+    assert response.headers["Retry-After"] == "2"
+    assert body["detail"]["budget_tokens"] == 64
+
+
+def test_metrics_count_rejections(harness: Harness) -> None:
+    sid = harness.open()
+    harness.forward(sid, b"junk")
+    assert 'p2pllm_requests_rejected_total{code="truncated_header"} 1' in harness.http.get("/metrics").text
