@@ -69,6 +69,7 @@ class AppState:
     now: Callable[[], int] = lambda: int(time.time())
     on_receipt: Callable[[], None] = lambda: None
     clients: dict[str, str] = field(default_factory=dict)
+    owed_wei: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -76,6 +77,9 @@ class OpenSession(BaseModel):
     session_id: str = Field(pattern=SESSION_ID_PATTERN, description="bytes32 hex; the receipts' sessionId")
     client: str = Field(pattern=ADDRESS_PATTERN, description="the client's address (receipt signer)")
     max_length: int = Field(ge=1, description="most tokens this session will ever hold in the cache")
+    layer_start: int | None = Field(None, ge=0, description="run only layers [layer_start, layer_end) of the "
+                                    "node's range (default: all of it)")
+    layer_end: int | None = Field(None, ge=1)
 
 
 class SessionOpened(BaseModel):
@@ -173,8 +177,13 @@ def create_app(state: AppState) -> FastAPI:
             raise ApiError(400, "length_exceeded", {"max_length": body.max_length,
                                                      "limit": state.max_session_length})
         sid = body.session_id.lower()
+        shard = state.executor.shard
+        span = (body.layer_start if body.layer_start is not None else shard.start,
+                body.layer_end if body.layer_end is not None else shard.end)
+        if not shard.start <= span[0] < span[1] <= shard.end:
+            raise ApiError(400, "bad_span", {"requested": list(span), "serves": [shard.start, shard.end]})
         try:
-            opened = state.executor.open_session(body.max_length, session_id=sid)
+            opened = state.executor.open_session(body.max_length, session_id=sid, span=span)
         except ExecutorError as exc:
             raise _executor_error(exc) from exc
         with state.lock:
@@ -191,6 +200,7 @@ def create_app(state: AppState) -> FastAPI:
         finally:
             with state.lock:
                 state.clients.pop(sid, None)
+                state.owed_wei.pop(sid, None)
         return Response(status_code=204)
 
     @app.post("/sessions/{session_id}/forward", responses={200: {"content": {"application/octet-stream": {}}},
@@ -266,11 +276,14 @@ def _forward(state: AppState, sid: str, body: bytes, position: int, receipt_head
     tokens, amount, deadline, signature = _parse_receipt_header(receipt_header)
     session_bytes = bytes.fromhex(sid[2:])
     held = state.ledger.latest(client, session_bytes)
+    terms = state.terms
+    with state.lock:
+        owed_after = state.owed_wei.get(sid, 0) + terms.price_wei_per_token * tokens_now
     try:
         receipt = check_receipt(
-            state.terms, state.escrow, client=client, session_id=session_bytes, tokens_after=position + tokens_now,
-            previous=held.receipt if held else None, paid_wei=held.paid_wei if held else 0, tokens=tokens,
-            amount_wei=amount, deadline=deadline, signature=signature, now=state.now(),
+            terms, state.escrow, client=client, session_id=session_bytes, tokens_after=position + tokens_now,
+            owed_wei=owed_after, previous=held.receipt if held else None, paid_wei=held.paid_wei if held else 0,
+            tokens=tokens, amount_wei=amount, deadline=deadline, signature=signature, now=state.now(),
         )
     except PaymentError as exc:
         raise ApiError(402, exc.code, exc.detail) from exc
@@ -281,6 +294,8 @@ def _forward(state: AppState, sid: str, body: bytes, position: int, receipt_head
         raise _executor_error(exc) from exc
     # Durable before the output leaves: a crash after this line loses no earnings.
     state.ledger.record(receipt, signature)
+    with state.lock:
+        state.owed_wei[sid] = owed_after
     state.on_receipt()
     payload = codec.encode(out)
     state.metrics.observe_step(time.perf_counter() - started, tokens_now)

@@ -111,6 +111,7 @@ class _Session:
     cache: DynamicCache
     opened_at: float
     last_used_at: float
+    span: tuple[int, int] | None = None
     length: int = 0
     closed: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -159,10 +160,19 @@ class ShardExecutor:
 
     # ------------------------------------------------------------------------------------------ external
 
-    def open_session(self, max_length: int, *, batch_size: int = 1, session_id: str | None = None) -> SessionInfo:
-        """Reserve ``max_length * batch_size`` cache tokens for a new session (evicting idle ones first)."""
+    def open_session(
+        self,
+        max_length: int,
+        *,
+        batch_size: int = 1,
+        session_id: str | None = None,
+        span: tuple[int, int] | None = None,
+    ) -> SessionInfo:
+        """Reserve ``max_length * batch_size`` cache tokens for a new session (evicting idle ones first).
+        `span` (absolute layers inside the shard) makes the session run only that part of the shard."""
         if max_length <= 0 or batch_size <= 0:
             raise ValueError(f"max_length and batch_size must be positive, got {max_length}, {batch_size}")
+        self.shard.local_span(span)  # raises ShardRangeError for a span outside the shard
         self.evict_idle()
         sid = session_id if session_id is not None else secrets.token_hex(16)
         requested = max_length * batch_size
@@ -172,7 +182,7 @@ class ShardExecutor:
                 raise SessionExists(sid)
             if self._in_use + requested > self.budget_tokens:
                 raise CacheBudgetExceeded(self.budget_tokens, self._in_use, requested)
-            session = _Session(sid, max_length, batch_size, self.shard.new_cache(), now, now)
+            session = _Session(sid, max_length, batch_size, self.shard.new_cache(), now, now, span=span)
             self._sessions[sid] = session
             self._in_use += requested
             return session.info()
@@ -186,7 +196,9 @@ class ShardExecutor:
             self._validate(session, hidden, positions)
             try:
                 with torch.inference_mode():
-                    out = self.shard(hidden.to(self.shard.device), positions.to(self.shard.device), session.cache)
+                    out = self.shard(
+                        hidden.to(self.shard.device), positions.to(self.shard.device), session.cache, session.span
+                    )
             except BaseException:
                 # A half-updated cache is useless: drop the session so its budget comes back.
                 self._drop(session)

@@ -83,6 +83,7 @@ def check_receipt(
     client: str,
     session_id: bytes,
     tokens_after: int,
+    owed_wei: int,
     previous: Receipt | None,
     paid_wei: int,
     tokens: int,
@@ -91,7 +92,8 @@ def check_receipt(
     signature: bytes,
     now: int,
 ) -> Receipt:
-    """The receipt to store if it pays for `tokens_after` tokens of this session; else PaymentError."""
+    """The receipt to store if it covers `owed_wei`, what the session owes once this request's tokens are
+    served (each token at the price in force when it was served); else PaymentError."""
     try:
         receipt = Receipt(client, terms.node, session_id, tokens, amount_wei, deadline)
     except ValueError as exc:
@@ -109,7 +111,7 @@ def check_receipt(
     if previous is not None and (amount_wei < previous.amount_wei or tokens < previous.tokens):
         raise PaymentError("receipt_decreased", previous_amount_wei=str(previous.amount_wei),
                            amount_wei=str(amount_wei), previous_tokens=previous.tokens, tokens=tokens)
-    owed = terms.price_wei_per_token * tokens_after
+    owed = owed_wei
     if amount_wei + terms.credit_wei < owed:
         raise PaymentError("underpaid", owed_wei=str(owed), amount_wei=str(amount_wei),
                            credit_wei=str(terms.credit_wei), tokens=tokens_after)

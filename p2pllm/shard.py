@@ -130,12 +130,22 @@ class Shard(nn.Module):
         """An empty KV cache for this shard's layers (sliding-window aware)."""
         return DynamicCache(config=self.config)
 
-    def forward(self, hidden: torch.Tensor, positions: torch.Tensor, cache: DynamicCache | None = None) -> torch.Tensor:
-        """Hidden states ``(batch, tokens, hidden)`` at absolute `positions` ``(tokens,)`` through layers."""
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        positions: torch.Tensor,
+        cache: DynamicCache | None = None,
+        span: tuple[int, int] | None = None,
+    ) -> torch.Tensor:
+        """Hidden states ``(batch, tokens, hidden)`` at absolute `positions` ``(tokens,)`` through layers.
+
+        `span` = absolute ``(start, end)`` runs only that contiguous part of the shard (a route may use part
+        of a node's range); a cache must always be used with the same span."""
+        lo, hi = self.local_span(span)
         position_ids = positions.view(1, -1)
-        masks = self._masks(hidden, position_ids, cache)
+        masks = self._masks(hidden, position_ids, cache, lo, hi)
         position_embeddings = self.rotary_emb(hidden, position_ids)
-        for layer, kind in zip(self.layers, self.layer_types, strict=True):
+        for layer, kind in zip(self.layers[lo:hi], self.layer_types[lo:hi], strict=True):
             hidden = layer(
                 hidden,
                 attention_mask=masks[kind],
@@ -146,13 +156,28 @@ class Shard(nn.Module):
             )
         return hidden
 
-    def _masks(self, hidden: torch.Tensor, position_ids: torch.Tensor, cache: DynamicCache | None) -> dict[str, Any]:
-        args = {"config": self.config, "inputs_embeds": hidden, "attention_mask": None, "cache": cache}
+    def local_span(self, span: tuple[int, int] | None) -> tuple[int, int]:
+        """Absolute ``(start, end)`` inside this shard -> local layer indices; the whole shard for None."""
+        if span is None:
+            return 0, len(self.layers)
+        start, end = span
+        if not self.start <= start < end <= self.end:
+            raise ShardRangeError(start, end, int(self.config.num_hidden_layers))
+        return start - self.start, end - self.start
+
+    def _masks(
+        self, hidden: torch.Tensor, position_ids: torch.Tensor, cache: DynamicCache | None, lo: int, hi: int
+    ) -> dict[str, Any]:
+        # The masks read the cache's length from a layer of their kind: name one inside the span, since layers
+        # outside it never fill their cache in a sub-span session.
+        args = {"config": self.config, "inputs_embeds": hidden, "attention_mask": None, "cache": cache,
+                "position_ids": position_ids}
+        kinds = self.layer_types[lo:hi]
         masks: dict[str, Any] = {}
-        if FULL in self.layer_types:
-            masks[FULL] = create_causal_mask(**args, position_ids=position_ids)
-        if SLIDING in self.layer_types:
-            masks[SLIDING] = create_sliding_window_causal_mask(**args, position_ids=position_ids)
+        if FULL in kinds:
+            masks[FULL] = create_causal_mask(**args, layer_idx=lo + kinds.index(FULL))
+        if SLIDING in kinds:
+            masks[SLIDING] = create_sliding_window_causal_mask(**args, layer_idx=lo + kinds.index(SLIDING))
         return masks
 
 

@@ -309,3 +309,24 @@ def test_smollm2_head_has_tokenizer_and_chat_template(smollm2: ModelSource) -> N
     text = head.decode(ids, skip_special_tokens=False)
     assert text.startswith("<|im_start|>system") and text.endswith("<|im_start|>assistant\n")
     assert head.decode(head.encode("hello world")) == "hello world"
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_sub_span_of_a_shard_equals_a_shard_of_that_span(tiny_models: dict[str, ModelSource], kind: str) -> None:
+    source = tiny_models[kind]
+    whole = load_shard(source, 0, source.num_layers)
+    lo, hi = 1, source.num_layers - 1
+    alone = load_shard(source, lo, hi)
+    cache_span, cache_alone = whole.new_cache(), alone.new_cache()
+    torch.manual_seed(3)
+    position = 0
+    for tokens in (11, 1, 1, 1):  # past the Qwen2 sliding window of 8
+        hidden = torch.randn(1, tokens, source.hidden_size)
+        positions = torch.arange(position, position + tokens)
+        with torch.inference_mode():
+            got = whole(hidden, positions, cache_span, span=(lo, hi))
+            want = alone(hidden, positions, cache_alone)
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+        position += tokens
+    with pytest.raises(ShardRangeError):
+        whole(hidden, positions, whole.new_cache(), span=(0, source.num_layers + 1))
