@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--claim-max-age", type=float, default=300.0, help="or once a receipt is this old (s)")
     serve.add_argument("--claim-interval", type=float, default=5.0, help="how often to check (s)")
     serve.add_argument("--threads", type=int, help="torch CPU threads")
+    serve.add_argument("--advertise-compute-ms", type=float, metavar="MS_PER_LAYER",
+                       help="compute time per layer to advertise in /info (default: measured at start-up)")
     serve.add_argument("--no-register", dest="register", action="store_false",
                        help="require an existing offer instead of registering one")
     serve.add_argument("--auto-price", action="store_true", help="let the pricing agent set the on-chain price")
@@ -157,7 +159,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=args.host, port=args.port, public_url=args.endpoint, device=args.device, dtype=args.dtype,
         data_dir=args.data_dir, budget_tokens=args.budget_tokens, max_session_length=args.max_session_length,
         credit_wei=args.credit, ledger_sync=args.ledger_sync, register=args.register, threads=args.threads,
-        auto_price=auto,
+        auto_price=auto, advertised_compute_ms_per_layer=args.advertise_compute_ms,
         claim=ClaimPolicy(min_batch_wei=args.claim_min, max_age_s=args.claim_max_age, interval_s=args.claim_interval),
     )
     return serve(settings, connect(args))

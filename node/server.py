@@ -55,6 +55,7 @@ class ServeSettings:
     register: bool = True
     claim: ClaimPolicy = field(default_factory=ClaimPolicy)
     threads: int | None = None
+    advertised_compute_ms_per_layer: float | None = None
     auto_price: Any = None  # node.pricing_agent.AutoPriceSettings, when --auto-price is on
 
 
@@ -138,7 +139,8 @@ def serve(settings: ServeSettings, chain: Chain) -> int:
     started = time.perf_counter()
     shard = load_shard(source, settings.start, settings.end, settings.device, settings.dtype)
     say(f"shard loaded in {time.perf_counter() - started:.1f} s; measuring compute time ...")
-    compute_ms = measure_compute_ms_per_layer(shard)
+    compute_ms = (settings.advertised_compute_ms_per_layer if settings.advertised_compute_ms_per_layer is not None
+                  else measure_compute_ms_per_layer(shard))
 
     # proto=IPPROTO_TCP matters: asyncio only sets TCP_NODELAY on accepted sockets whose proto says TCP, and
     # without it Nagle + delayed ACK add ~40 ms to every keep-alive response.

@@ -1,0 +1,191 @@
+"""`InferenceClient`: the Python API the CLI calls. Loads the model's head locally (embeddings, final norm, LM
+head, tokenizer), reads the market from the registry, routes, and streams a generation through the route's
+hops, paying each hop. Sampling lives here; retries and rerouting live in `client.session`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from client.frontier import pareto_frontier
+from client.hops import HopSession, Payer
+from client.market import Market, discover
+from client.routing import Route, find_route
+from client.session import FailoverEvent, RouteSession
+from p2pllm.chain import Chain
+from p2pllm.head import Head, load_head
+from p2pllm.model_id import model_id
+from p2pllm.models import resolve_model
+from p2pllm.net import http_client
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """temperature 0 = greedy (argmax, as `generate(do_sample=False)`)."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass(frozen=True)
+class HopCost:
+    node: str
+    endpoint: str
+    offer_id: int
+    layers: tuple[int, int]
+    tokens: int
+    price_wei_per_token: int
+    cost_wei: int
+    signed_wei: int
+    failed: bool
+    session_id: bytes
+
+
+@dataclass
+class GenerationResult:
+    prompt_tokens: int
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    route: Route | None = None
+    hops: list[HopCost] = field(default_factory=list)
+    failovers: list[FailoverEvent] = field(default_factory=list)
+    ttft_s: float = 0.0
+    total_s: float = 0.0
+    signing_s: float = 0.0
+
+    @property
+    def total_cost_wei(self) -> int:
+        return sum(h.cost_wei for h in self.hops)
+
+    @property
+    def tokens_per_s(self) -> float:
+        decode_s = self.total_s - self.ttft_s
+        return (len(self.token_ids) - 1) / decode_s if len(self.token_ids) > 1 and decode_s > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """One generated token and the text it adds (may be empty mid-character)."""
+
+    token_id: int
+    text: str
+
+
+def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
+    """Next token from last-position logits (vocab,): greedy, or temperature + nucleus sampling."""
+    if params.temperature == 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits.float() / params.temperature, dim=-1)
+    if params.top_p < 1:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < params.top_p
+        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+    return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
+
+
+class InferenceClient:
+    """A funded client of one P2P-LLM deployment for one model."""
+
+    def __init__(self, chain: Chain, model: str, dtype: str = "float32", receipt_validity_s: int = 3600,
+                 threads: int | None = None) -> None:
+        if threads:
+            torch.set_num_threads(threads)
+        self.chain = chain
+        self.source = resolve_model(model)
+        self.model_id = model_id(self.source.path)
+        self.head: Head = load_head(self.source, "cpu", dtype)
+        self.dtype = dtype
+        _, max_validity = chain.escrow_periods()
+        self.payer = Payer(chain.address, bytes(chain.account.key), chain.escrow_domain(),
+                           min(receipt_validity_s, max_validity - 60))
+        self.http = http_client(timeout_s=120.0)
+        self.banned: dict[str, float] = {}
+        self._market: Market | None = None
+
+    def close(self) -> None:
+        self.http.close()
+
+    # ------------------------------------------------------------------ market
+    def market(self, refresh: bool = False) -> Market:
+        """Live offers for this model, probed; cached until `refresh`."""
+        if self._market is None or refresh:
+            offers = self.chain.live_offers(self.model_id)
+            self._market = discover(offers, self.model_id, self.source.num_layers, self.chain.chain_id,
+                                    self.payer.domain.escrow, self.dtype, self.chain.block_timestamp())
+        return self._market
+
+    def route(self, alpha: float) -> Route:
+        market = self.market()
+        return find_route(market.route_offers(), market.num_layers, alpha)
+
+    def frontier(self) -> list[Route]:
+        market = self.market()
+        return pareto_frontier(market.route_offers(), market.num_layers)
+
+    # ------------------------------------------------------------------ generation
+    def prompt_ids(self, prompt: str, chat: bool) -> list[int]:
+        if chat:
+            return self.head.encode_chat([{"role": "user", "content": prompt}])
+        return self.head.encode(prompt)
+
+    def generate(self, prompt: str | Sequence[int], max_new_tokens: int = 64, alpha: float = 0.5,
+                 max_price_wei_per_token: int | None = None, sampling: SamplingParams | None = None,
+                 chat: bool = False, result: GenerationResult | None = None,
+                 stop_at_eos: bool = True) -> Iterator[StreamEvent]:
+        """Stream a generation; `result` (if given) is filled with route, per-hop costs and timings."""
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        params = sampling or SamplingParams()
+        ids = list(prompt) if not isinstance(prompt, str) else self.prompt_ids(prompt, chat)
+        if not ids:
+            raise ValueError("empty prompt")
+        result = result if result is not None else GenerationResult(len(ids))
+        result.prompt_tokens = len(ids)
+        generator = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
+        session = RouteSession(self.market(), self.route(alpha), self.payer, self.http, len(ids) + max_new_tokens,
+                               alpha, max_price_wei_per_token, banned=self.banned)
+        started = time.perf_counter()
+        session.open()
+        try:
+            with torch.inference_mode():
+                hidden = session.step(self.head.embed(torch.tensor([ids])))
+                emitted = ""
+                while True:
+                    token = sample(self.head.logits(hidden[:, -1:])[0, -1], params, generator)
+                    if not result.token_ids:
+                        result.ttft_s = time.perf_counter() - started
+                    result.token_ids.append(token)
+                    text = self._decode(result.token_ids)
+                    delta, emitted = text[len(emitted):] if text.startswith(emitted) else text, text
+                    yield StreamEvent(token, delta)
+                    if len(result.token_ids) >= max_new_tokens or (stop_at_eos and token in self.head.eos_token_ids):
+                        break
+                    hidden = session.step(self.head.embed(torch.tensor([[token]])))
+        finally:
+            result.total_s = time.perf_counter() - started
+            session.close()
+            result.text = self._decode(result.token_ids)
+            result.route = session.route
+            result.failovers = list(session.events)
+            result.hops = [self._hop_cost(h, session) for h in session.hops]
+            result.signing_s = sum(h.signing_s for h in session.hops)
+
+    def _decode(self, token_ids: Sequence[int]) -> str:
+        """Text of the tokens; empty for a model folder without a tokenizer (token ids still stream)."""
+        return self.head.decode(token_ids) if self.head.tokenizer is not None else ""
+
+    @staticmethod
+    def _hop_cost(hop: HopSession, session: RouteSession) -> HopCost:
+        live = any(slot.hop is hop for slot in session.slots)
+        return HopCost(hop.node, hop.endpoint, hop.offer_id, (hop.start, hop.end), hop.tokens,
+                       hop.price_wei_per_token, hop.owed_wei, hop.signed_wei, not live, hop.session_id)
