@@ -201,6 +201,8 @@ def serve(settings: ServeSettings, chain: Chain) -> int:
         server.run(sockets=[sock])
     finally:
         stop.set()
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second signal must not cut the final claim short
+            signal.signal(sig, lambda *_: say("still claiming held receipts; exiting when done"))
         say("shutting down: claiming held receipts ...")
         try:
             report = claimer.claim_all()

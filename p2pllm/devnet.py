@@ -42,7 +42,9 @@ class Anvil:
         cmd = [binary, "--host", "127.0.0.1", "--port", "0"]
         if self.block_time_s:
             cmd += ["--block-time", str(self.block_time_s)]
-        self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        # Own session: a Ctrl-C in the terminal must not kill the chain before the nodes have claimed.
+        self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                        start_new_session=True)
         deadline = time.monotonic() + self.timeout_s
         assert self.process.stdout is not None
         while time.monotonic() < deadline:

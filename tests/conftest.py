@@ -143,3 +143,24 @@ def smollm2_hf(smollm2: ModelSource) -> PreTrainedModel:
 
     model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(smollm2.path, dtype=torch.float32)
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_model(smollm2: ModelSource, tmp_path_factory: pytest.TempPathFactory) -> ModelSource:
+    """A seeded tiny random Llama (8 layers, hidden 64) that speaks SmolLM2's vocabulary: SmolLM2's tokenizer,
+    chat template and generation config, so text flows end to end in seconds (the words are random)."""
+    import shutil
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    path = tmp_path_factory.mktemp("tiny-chat")
+    config = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=8,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                         tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, initializer_range=0.2)
+    torch.manual_seed(7)
+    LlamaForCausalLM(config).eval().save_pretrained(path)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
+        if (smollm2.path / name).exists():
+            shutil.copy(smollm2.path / name, path / name)
+    return describe_folder(path, name="tiny-chat", origin="local")
