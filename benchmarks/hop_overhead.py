@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -21,16 +20,11 @@ from pathlib import Path
 
 import torch
 
+from client.hops import HopSession, Payer
 from node.executor import ShardExecutor
-from p2pllm import codec
-from p2pllm.chain import Chain
-from p2pllm.devnet import Anvil
-from p2pllm.keys import dev_account
+from p2pllm.localnet import LocalNetwork, NodeSpec
 from p2pllm.net import http_client
 from p2pllm.shard import load_shard
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.node.helpers import PayingSession, start_node
 
 HIDDEN = 576
 
@@ -45,52 +39,37 @@ def make_model(path: Path) -> Path:
     return path
 
 
-def local_step_ms(model: Path, steps: int) -> list[float]:
-    executor = ShardExecutor(load_shard(model, 0, 1), budget_tokens=4096)
-    sid = executor.open_session(steps + 8).session_id
-    executor.forward(sid, torch.randn(1, 4, HIDDEN), torch.arange(4))
-    times = []
-    for i in range(steps):
-        x = torch.randn(1, 1, HIDDEN)
-        started = time.perf_counter()
-        executor.forward(sid, x, torch.tensor([4 + i]))
-        times.append(1000 * (time.perf_counter() - started))
-    return times
-
-
-def http_step_ms(model: Path, steps: int, workdir: Path) -> tuple[list[float], list[float]]:
-    with Anvil() as anvil:
-        deployment = Chain.connect(anvil.rpc_url, dev_account(0)).deploy_contracts(
-            "anvil", anvil.rpc_url, 2 * 86400, 86400, 600)
-        deployment_file = workdir / "deployment.json"
-        deployment.save(deployment_file)
-        client = Chain.connect(anvil.rpc_url, dev_account(2), deployment)
+def measure(model: Path, steps: int, workdir: Path) -> tuple[list[float], list[float], list[float]]:
+    """Interleaved: one paid HTTP decode step through the node process, then one in-process step of the same
+    shard here, so machine noise hits both alike. Returns (http ms without signing, in-process ms, signing ms)."""
+    local = ShardExecutor(load_shard(model, 0, 1), budget_tokens=4096)
+    local_sid = local.open_session(steps + 8).session_id
+    local.forward(local_sid, torch.randn(1, 4, HIDDEN), torch.arange(4))
+    spec = NodeSpec("A", 0, 1, "0.000000001", 1, ("--threads", "1"))
+    with LocalNetwork(workdir, str(model), [spec], log=lambda m: print(m, file=sys.stderr)) as net, \
+            http_client() as http:
+        client = net.chain(2)
         client.deposit(10**18)
-        node = start_node(["--layers", "0-1", "--price", "0.000000001", "--model", str(model), "--port", "0",
-                           "--deployment", str(deployment_file), "--dev-account", "1", "--threads", "1",
-                           "--data-dir", str(workdir / "node"), "--claim-interval", "3600"], cwd=workdir)
-        try:
-            with http_client() as http:
-                info = http.get(f"{node.endpoint}/info").json()
-                session = PayingSession(http, node.endpoint, os.urandom(32), bytes(client.account.key),
-                                        client.address, info["node"], client.escrow_domain(),
-                                        int(info["price_wei_per_token"]), client.block_timestamp() + 3600)
-                assert session.open(steps + 8).status_code == 201
-                assert session.forward(torch.randn(1, 4, HIDDEN)).status_code == 200
-                times, sign_times = [], []
-                for _ in range(steps):
-                    x = torch.randn(1, 1, HIDDEN)
-                    signed = time.perf_counter()
-                    header = session.receipt_header(session.tokens + 1)
-                    started = time.perf_counter()
-                    response = session.forward(x, receipt=header)
-                    codec.decode(response.content)
-                    times.append(1000 * (time.perf_counter() - started))
-                    sign_times.append(1000 * (started - signed))
-                    assert response.status_code == 200, response.text
-        finally:
-            node.stop()
-    return times, sign_times
+        node = net.nodes["A"]
+        payer = Payer(client.address, bytes(client.account.key), client.escrow_domain())
+        hop = HopSession(http, payer, node.address, node.endpoint, node.offer_id, 0, 1, 10**9, 0, steps + 8)
+        hop.open()
+        hop.forward(torch.randn(1, 4, HIDDEN))
+        http_ms, local_ms, sign_ms = [], [], []
+        for i in range(steps):
+            x = torch.randn(1, 1, HIDDEN)
+            signing_before = hop.signing_s
+            started = time.perf_counter()
+            hop.forward(x)
+            elapsed = time.perf_counter() - started
+            signing = hop.signing_s - signing_before
+            http_ms.append(1000 * (elapsed - signing))
+            sign_ms.append(1000 * signing)
+            started = time.perf_counter()
+            local.forward(local_sid, x, torch.tensor([4 + i]))
+            local_ms.append(1000 * (time.perf_counter() - started))
+        hop.close()
+    return http_ms, local_ms, sign_ms
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,8 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         model = make_model(workdir / "model")
-        http_ms, sign_ms = http_step_ms(model, args.steps, workdir)
-        local_ms = local_step_ms(model, args.steps)
+        http_ms, local_ms, sign_ms = measure(model, args.steps, workdir)
     http_median, local_median = statistics.median(http_ms), statistics.median(local_ms)
     print(json.dumps({
         "overhead_ms_median": round(http_median - local_median, 3),

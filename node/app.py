@@ -70,6 +70,7 @@ class AppState:
     on_receipt: Callable[[], None] = lambda: None
     clients: dict[str, str] = field(default_factory=dict)
     owed_wei: dict[str, int] = field(default_factory=dict)
+    verified_receipt: dict[str, str] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -201,6 +202,7 @@ def create_app(state: AppState) -> FastAPI:
             with state.lock:
                 state.clients.pop(sid, None)
                 state.owed_wei.pop(sid, None)
+                state.verified_receipt.pop(sid, None)
         return Response(status_code=204)
 
     @app.post("/sessions/{session_id}/forward", responses={200: {"content": {"application/octet-stream": {}}},
@@ -213,6 +215,11 @@ def create_app(state: AppState) -> FastAPI:
     ) -> Response:
         sid = session_id.lower()
         body = await _read_body(request, state.max_body_bytes)
+        # A decode step (a few tokens, tens of ms) runs right here: handing it to a worker thread costs ~0.7 ms
+        # a hop, a real share of the per-hop overhead. Prefills can take seconds, so they go to a worker and
+        # /health, /info and other sessions stay responsive meanwhile.
+        if len(body) <= INLINE_MAX_TOKENS * _row_bytes(state) + 64:
+            return _forward(state, sid, body, x_position, x_receipt)
         return await run_in_threadpool(_forward, state, sid, body, x_position, x_receipt)
 
     return app
@@ -230,6 +237,14 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise ApiError(413, "body_too_large", {"max_bytes": limit})
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+INLINE_MAX_TOKENS = 8
+
+
+def _row_bytes(state: AppState) -> int:
+    shard = state.executor.shard
+    return shard.hidden_size * torch.empty((), dtype=shard.dtype).element_size()
 
 
 def _parse_receipt_header(raw: str) -> tuple[int, int, int, bytes]:
@@ -284,6 +299,7 @@ def _forward(state: AppState, sid: str, body: bytes, position: int, receipt_head
             terms, state.escrow, client=client, session_id=session_bytes, tokens_after=position + tokens_now,
             owed_wei=owed_after, previous=held.receipt if held else None, paid_wei=held.paid_wei if held else 0,
             tokens=tokens, amount_wei=amount, deadline=deadline, signature=signature, now=state.now(),
+            signature_verified=state.verified_receipt.get(sid) == receipt_header,
         )
     except PaymentError as exc:
         raise ApiError(402, exc.code, exc.detail) from exc
@@ -296,6 +312,7 @@ def _forward(state: AppState, sid: str, body: bytes, position: int, receipt_head
     state.ledger.record(receipt, signature)
     with state.lock:
         state.owed_wei[sid] = owed_after
+        state.verified_receipt[sid] = receipt_header
     state.on_receipt()
     payload = codec.encode(out)
     state.metrics.observe_step(time.perf_counter() - started, tokens_now)

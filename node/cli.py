@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
+
+# Idle OpenMP threads sleep instead of spinning: several nodes (and clients) often share one machine, and a
+# spinning idle team steals the cores the busy process in the pipeline needs. Must be set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from node.claimer import Claimer, ClaimPolicy
 from node.ledger import Ledger

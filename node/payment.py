@@ -91,15 +91,17 @@ def check_receipt(
     deadline: int,
     signature: bytes,
     now: int,
+    signature_verified: bool = False,
 ) -> Receipt:
     """The receipt to store if it covers `owed_wei`, what the session owes once this request's tokens are
-    served (each token at the price in force when it was served); else PaymentError."""
+    served (each token at the price in force when it was served); else PaymentError. `signature_verified`
+    skips only the signature recovery, for a receipt byte-identical to one this session already verified."""
     try:
         receipt = Receipt(client, terms.node, session_id, tokens, amount_wei, deadline)
     except ValueError as exc:
         raise PaymentError("malformed_receipt", reason=str(exc)) from exc
     try:
-        signer = recover_signer(receipt, terms.domain, signature)
+        signer = client if signature_verified else recover_signer(receipt, terms.domain, signature)
     except ReceiptSignatureError as exc:
         raise PaymentError("bad_signature", reason=exc.reason) from exc
     if signer.lower() != client.lower():
