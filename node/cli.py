@@ -81,7 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "(an fsync per request)")
     serve.add_argument("--budget-tokens", type=int, default=8192, help="KV-cache budget in tokens")
     serve.add_argument("--max-session-length", type=int, default=2048, help="longest session accepted")
-    serve.add_argument("--credit", type=parse_eth, default=0, help="ETH a client may be behind (default 0)")
+    serve.add_argument("--credit", type=parse_eth, default=0,
+                       help="ETH a receipt may lag behind what is owed; clients sign up to this much ahead "
+                            "(default 0)")
     serve.add_argument("--claim-min", type=parse_eth, default=10**15, help="claim once this much ETH is held")
     serve.add_argument("--claim-max-age", type=float, default=300.0, help="or once a receipt is this old (s)")
     serve.add_argument("--claim-interval", type=float, default=5.0, help="how often to check (s)")

@@ -17,6 +17,7 @@ from p2pllm.compile import REPO_ROOT
 from p2pllm.keys import KeySource, load_account
 
 WEI_PER_ETH = 10**18
+DEFAULT_KEY_ENV = "P2PLLM_PRIVATE_KEY"  # used when no key option is given
 
 
 class CliError(Exception):
@@ -30,7 +31,7 @@ def add_chain_options(parser: argparse.ArgumentParser, needs_key: bool = True) -
     group.add_argument("--deployment", type=Path, help="explicit deployment file (overrides --network)")
     group.add_argument("--rpc-url", help="JSON-RPC endpoint (default: the deployment's rpc_url)")
     if needs_key:
-        keys = parser.add_argument_group("key (one of)")
+        keys = parser.add_argument_group(f"key (one of; default: ${DEFAULT_KEY_ENV} if set)")
         keys.add_argument("--keystore", type=Path,
                           help="keystore file; password from $P2PLLM_KEYSTORE_PASSWORD or prompt")
         keys.add_argument("--private-key-env", metavar="VAR", help="environment variable holding a private key")
@@ -44,7 +45,10 @@ def connect(args: argparse.Namespace, needs_key: bool = True) -> Chain:
     if needs_key:
         if args.dev_account is not None and deployment.chain_id != 31337:
             raise CliError("--dev-account is only for a local anvil chain (chain id 31337)")
-        account = load_account(KeySource(keystore=args.keystore, private_key_env=args.private_key_env,
+        key_env = args.private_key_env
+        if key_env is None and args.keystore is None and args.dev_account is None and os.environ.get(DEFAULT_KEY_ENV):
+            key_env = DEFAULT_KEY_ENV
+        account = load_account(KeySource(keystore=args.keystore, private_key_env=key_env,
                                          dev_account=args.dev_account))
     return Chain.connect(args.rpc_url or deployment.rpc_url, account, deployment)
 
