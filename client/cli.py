@@ -489,12 +489,8 @@ def generation_errors(client: InferenceClient, alpha: float, result: GenerationR
     except NoRouteError as exc:
         raise CliError(no_route_message(exc, client.market())) from exc
     except RouteTooExpensive as exc:
-        cheapest = client.frontier()[0].price_wei_per_token
-        hint = (f"the cheapest route costs {format_eth(cheapest)}/token (try --alpha 1)"
-                if cheapest <= exc.max_price_wei_per_token else
-                f"even the cheapest route costs {format_eth(cheapest)}/token")
-        raise CliError(f"the route chosen at α={alpha:g} costs {format_eth(exc.price_wei_per_token)}/token, above "
-                       f"--max-price {format_eth(exc.max_price_wei_per_token)}/token; {hint}{_spent(result)}") from exc
+        raise CliError(f"no route within --max-price {format_eth(exc.max_price_wei_per_token)}/token: the best "
+                       f"available costs {format_eth(exc.price_wei_per_token)}/token{_spent(result)}") from exc
     except (FailoverExhausted, HopRejected) as exc:
         raise CliError(f"{exc}{_spent(result)}") from exc
 

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from client.frontier import pareto_frontier
+from client.frontier import frontier_units, pareto_frontier
 from client.hops import HopSession, Payer
 from client.market import Market, discover
-from client.routing import Route, find_route
-from client.session import FailoverEvent, RouteSession
+from client.routing import Route, find_route, route_key
+from client.session import FailoverEvent, RouteSession, RouteTooExpensive
 from p2pllm.chain import Chain
 from p2pllm.head import Head, load_head
 from p2pllm.model_id import model_id
@@ -98,6 +98,8 @@ class InferenceClient:
 
     def __init__(self, chain: Chain, model: str, dtype: str = "float32", receipt_validity_s: int = 3600,
                  threads: int | None = None) -> None:
+        if chain.account is None:
+            raise ValueError("InferenceClient needs a funded key: connect the Chain with an account")
         if threads:
             torch.set_num_threads(threads)
         self.chain = chain
@@ -124,9 +126,18 @@ class InferenceClient:
                                     self.payer.domain.escrow, self.dtype, self.chain.block_timestamp())
         return self._market
 
-    def route(self, alpha: float) -> Route:
+    def route(self, alpha: float, max_price_wei_per_token: int | None = None) -> Route:
+        """The α-optimal route; under a price cap, the α-optimal one among the frontier routes within it
+        (units of the whole frontier, so α keeps its meaning), or RouteTooExpensive if none fits."""
         market = self.market()
-        return find_route(market.route_offers(), market.num_layers, alpha)
+        if max_price_wei_per_token is None:
+            return find_route(market.route_offers(), market.num_layers, alpha)
+        frontier = self.frontier()
+        affordable = [r for r in frontier if r.price_wei_per_token <= max_price_wei_per_token]
+        if not affordable:
+            raise RouteTooExpensive(min(r.price_wei_per_token for r in frontier), max_price_wei_per_token)
+        units = frontier_units(frontier)
+        return min(affordable, key=lambda route: route_key(route, alpha, units))
 
     def frontier(self) -> list[Route]:
         market = self.market()
@@ -152,8 +163,9 @@ class InferenceClient:
         result = result if result is not None else GenerationResult(len(ids))
         result.prompt_tokens = len(ids)
         generator = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
-        session = RouteSession(self.market(), self.route(alpha), self.payer, self.http, len(ids) + max_new_tokens,
-                               alpha, max_price_wei_per_token, banned=self.banned)
+        route = self.route(alpha, max_price_wei_per_token)
+        session = RouteSession(self.market(), route, self.payer, self.http, len(ids) + max_new_tokens, alpha,
+                               max_price_wei_per_token, banned=self.banned)
         started = time.perf_counter()
         session.open()
         try:

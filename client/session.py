@@ -25,8 +25,8 @@ log = logging.getLogger("p2pclient.session")
 
 class RouteTooExpensive(Exception):
     def __init__(self, price_wei_per_token: int, max_price_wei_per_token: int) -> None:
-        super().__init__(f"cheapest acceptable route costs {price_wei_per_token} wei/token, "
-                         f"above --max-price {max_price_wei_per_token} wei/token")
+        super().__init__(f"the route costs {price_wei_per_token} wei/token, "
+                         f"above the price cap of {max_price_wei_per_token} wei/token")
         self.price_wei_per_token = price_wei_per_token
         self.max_price_wei_per_token = max_price_wei_per_token
 

@@ -165,16 +165,19 @@ def test_generate_streams_text_then_summary(network: Network, capsys: pytest.Cap
     assert "timing    ttft" in err and "tok/s" in err and "signing" in err
 
 
-def test_max_price_below_the_route_price_is_refused(network: Network, capsys: pytest.CaptureFixture[str]) -> None:
+def test_max_price_picks_an_affordable_route_or_refuses(network: Network,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
     ids = ",".join(map(str, PROMPT))
+    # α=0 alone would take the fast, dear route (0.000005 ETH/token); the cap leaves only the cheap one.
     code, out, err = run(capsys, "generate", "--prompt-ids", ids, "--alpha", "0", "--max-price", "0.000002",
+                         "--max-new-tokens", "2", "--json", *network.args())
+    assert code == 0, err
+    assert json.loads(out)["route"]["price_wei_per_token"] == 10**12
+    code, out, err = run(capsys, "generate", "--prompt-ids", ids, "--alpha", "1", "--max-price", "0.0000005",
                          *network.args())
-    assert code == 1 and out == "" and len(err.strip().splitlines()) == 1
-    assert err.startswith("p2pclient generate: error: the route chosen at α=0 costs 0.000005 ETH/token, above "
-                          "--max-price 0.000002 ETH/token; the cheapest route costs 0.000001 ETH/token")
-    code, _, err = run(capsys, "generate", "--prompt-ids", ids, "--alpha", "1", "--max-price", "0.0000005",
-                       *network.args())
-    assert code == 1 and "even the cheapest route costs 0.000001 ETH/token" in err and "Traceback" not in err
+    assert code == 1 and out == "" and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith("p2pclient generate: error: no route within --max-price 0.0000005 ETH/token: the best "
+                          "available costs 0.000001 ETH/token")
 
 
 def test_chat_over_piped_stdin_keeps_the_conversation(network: Network, capsys: pytest.CaptureFixture[str],
