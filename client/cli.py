@@ -27,6 +27,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+# Idle OpenMP threads sleep while the nodes compute instead of spinning on the cores they need (set before
+# torch loads; see node/cli.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from eth_utils import to_checksum_address
 
 from client.frontier import alpha_optimal, convex_hull_points, hull_alpha_ranges, pareto_frontier

@@ -304,10 +304,12 @@ def _forward(state: AppState, sid: str, body: bytes, position: int, receipt_head
     except PaymentError as exc:
         raise ApiError(402, exc.code, exc.detail) from exc
     positions = torch.arange(position, position + tokens_now, dtype=torch.int64)
+    compute_started = time.perf_counter()
     try:
         out = state.executor.forward(sid, hidden, positions)
     except ExecutorError as exc:
         raise _executor_error(exc) from exc
+    compute_s = time.perf_counter() - compute_started
     # Durable before the output leaves: a crash after this line loses no earnings.
     state.ledger.record(receipt, signature)
     with state.lock:
@@ -315,6 +317,8 @@ def _forward(state: AppState, sid: str, body: bytes, position: int, receipt_head
         state.verified_receipt[sid] = receipt_header
     state.on_receipt()
     payload = codec.encode(out)
-    state.metrics.observe_step(time.perf_counter() - started, tokens_now)
+    total_s = time.perf_counter() - started
+    state.metrics.observe_step(total_s, tokens_now)
     return Response(payload, media_type="application/octet-stream",
-                    headers={"X-Tokens-Processed": str(position + tokens_now)})
+                    headers={"X-Tokens-Processed": str(position + tokens_now),
+                             "Server-Timing": f"compute;dur={1000 * compute_s:.3f}, total;dur={1000 * total_s:.3f}"})
