@@ -4,8 +4,9 @@
     python benchmarks/hop_overhead.py [--steps 300]     # prints one JSON line
 
 overhead = median(HTTP step: encode + POST + receipt verification + ledger write + decode) − median(in-process
-executor step), both on a one-layer Llama of SmolLM2's shape with one torch thread. Client-side receipt signing
-is timed separately (`sign_ms_median`) and not part of the overhead.
+executor step, interleaved), both on a one-layer Llama of SmolLM2's shape with one torch thread. Also reported:
+the median of (HTTP step − the compute time the node itself reports in Server-Timing for that step).
+Client-side receipt signing is timed separately (`sign_ms_median`) and not part of the overhead.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import torch
 
 from client.hops import HopSession, Payer
@@ -39,9 +41,10 @@ def make_model(path: Path) -> Path:
     return path
 
 
-def measure(model: Path, steps: int, workdir: Path) -> tuple[list[float], list[float], list[float]]:
+def measure(model: Path, steps: int, workdir: Path) -> tuple[list[float], ...]:
     """Interleaved: one paid HTTP decode step through the node process, then one in-process step of the same
-    shard here, so machine noise hits both alike. Returns (http ms without signing, in-process ms, signing ms)."""
+    shard here, so machine noise hits both alike. Returns (http ms without signing, in-process ms, signing ms,
+    the node's own compute ms from its Server-Timing header)."""
     local = ShardExecutor(load_shard(model, 0, 1), budget_tokens=4096)
     local_sid = local.open_session(steps + 8).session_id
     local.forward(local_sid, torch.randn(1, 4, HIDDEN), torch.arange(4))
@@ -55,6 +58,16 @@ def measure(model: Path, steps: int, workdir: Path) -> tuple[list[float], list[f
         hop = HopSession(http, payer, node.address, node.endpoint, node.offer_id, 0, 1, 10**9, 0, steps + 8)
         hop.open()
         hop.forward(torch.randn(1, 4, HIDDEN))
+        send = hop._request
+        server_compute_ms: list[float] = []
+
+        def timed_request(method: str, path: str, **kwargs: object) -> httpx.Response:
+            response = send(method, path, **kwargs)
+            timing = dict(item.strip().split(";dur=") for item in response.headers["Server-Timing"].split(","))
+            server_compute_ms.append(float(timing["compute"]))
+            return response
+
+        hop._request = timed_request  # type: ignore[method-assign]
         http_ms, local_ms, sign_ms = [], [], []
         for i in range(steps):
             x = torch.randn(1, 1, HIDDEN)
@@ -69,7 +82,7 @@ def measure(model: Path, steps: int, workdir: Path) -> tuple[list[float], list[f
             local.forward(local_sid, x, torch.tensor([4 + i]))
             local_ms.append(1000 * (time.perf_counter() - started))
         hop.close()
-    return http_ms, local_ms, sign_ms
+    return http_ms, local_ms, sign_ms, server_compute_ms
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,12 +93,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         model = make_model(workdir / "model")
-        http_ms, local_ms, sign_ms = measure(model, args.steps, workdir)
+        http_ms, local_ms, sign_ms, node_compute_ms = measure(model, args.steps, workdir)
     http_median, local_median = statistics.median(http_ms), statistics.median(local_ms)
     print(json.dumps({
         "overhead_ms_median": round(http_median - local_median, 3),
         "http_step_ms_median": round(http_median, 3),
         "inprocess_step_ms_median": round(local_median, 3),
+        "overhead_ms_median_vs_node_compute": round(
+            statistics.median(h - c for h, c in zip(http_ms, node_compute_ms, strict=True)), 3),
         "http_step_ms_p90": round(statistics.quantiles(http_ms, n=10)[-1], 3),
         "sign_ms_median": round(statistics.median(sign_ms), 3),
         "hidden_size": HIDDEN, "steps": args.steps, "threads": 1, "target_ms": 2.0,
