@@ -56,7 +56,6 @@ from p2pllm.pricing import (
     Market,
     MarketOffer,
     PricingRules,
-    ascent_steps,
     cost_to_ms,
     price_to_wei,
 )
@@ -417,15 +416,9 @@ def gradient_trajectory(
 ) -> FloatArray:
     """Every price vector `gradient_equilibrium` visits (row t: after t steps), the same steps in the
     same order, so the last row equals its result's prices."""
-    rules = market.rules
-    prices = (np.full(market.n_nodes, 1.0) if initial_prices is None else np.asarray(initial_prices, float))
-    prices = np.clip(prices, rules.price_floor, rules.price_ceiling)
-    rows = [prices]
-    while kkt_residual(market, prices) > tol and len(rows) <= max_iterations:
-        prices = ascent_steps(
-            prices, market.gradients(prices), learning_rate, max_step, rules.price_floor, rules.price_ceiling
-        )
-        rows.append(prices)
+    rows: list[FloatArray] = []
+    gradient_equilibrium(market, initial_prices, learning_rate=learning_rate, max_step=max_step, tol=tol,
+                         max_iterations=max_iterations, trajectory=rows)
     return np.array(rows)
 
 

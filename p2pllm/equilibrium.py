@@ -93,12 +93,16 @@ def gradient_equilibrium(
     max_step: float = 0.5,
     tol: float = 1e-9,
     max_iterations: int = 20_000,
+    trajectory: list[FloatArray] | None = None,
 ) -> EquilibriumResult:
-    """Simultaneous (Jacobi) gradient ascent, Eq. 5 with step limit and bounds, until the residual <= tol."""
+    """Simultaneous (Jacobi) gradient ascent, Eq. 5 with step limit and bounds, until the residual <= tol.
+    If `trajectory` is given, every price vector visited (the start first) is appended to it."""
     _check_stopping(tol, max_iterations)
     rules = market.rules
     prices = _initial_prices(market, initial_prices)
     residuals, changes = [kkt_residual(market, prices)], []
+    if trajectory is not None:
+        trajectory.append(prices)
     while residuals[-1] > tol and len(changes) < max_iterations:
         updated = ascent_steps(
             prices, market.gradients(prices), learning_rate, max_step, rules.price_floor, rules.price_ceiling
@@ -106,6 +110,8 @@ def gradient_equilibrium(
         changes.append(_largest_move(updated, prices))
         prices = updated
         residuals.append(kkt_residual(market, prices))
+        if trajectory is not None:
+            trajectory.append(prices)
     return _result(market, "gradient", prices, residuals, changes, converged=residuals[-1] <= tol)
 
 
