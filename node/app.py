@@ -108,23 +108,22 @@ _TENSOR_BODY = {
 }
 
 
+# The one place where the executor's typed errors become HTTP statuses and stable codes.
+EXECUTOR_ERRORS: dict[type[ExecutorError], tuple[int, str]] = {
+    CacheBudgetExceeded: (503, "cache_full"),
+    UnknownSession: (404, "unknown_session"),
+    SessionExists: (409, "session_exists"),
+    PositionMismatch: (409, "position_mismatch"),
+    LengthExceeded: (400, "length_exceeded"),
+    ShapeMismatch: (400, "shape_mismatch"),
+    DtypeMismatch: (400, "dtype_mismatch"),
+}
+
+
 def _executor_error(exc: ExecutorError) -> ApiError:
     data = {k: v for k, v in vars(exc).items() if not k.startswith("_")}
-    if isinstance(exc, CacheBudgetExceeded):
-        return ApiError(503, "cache_full", data)
-    if isinstance(exc, UnknownSession):
-        return ApiError(404, "unknown_session", data)
-    if isinstance(exc, SessionExists):
-        return ApiError(409, "session_exists", data)
-    if isinstance(exc, PositionMismatch):
-        return ApiError(409, "position_mismatch", data)
-    if isinstance(exc, LengthExceeded):
-        return ApiError(400, "length_exceeded", data)
-    if isinstance(exc, ShapeMismatch):
-        return ApiError(400, "shape_mismatch", data)
-    if isinstance(exc, DtypeMismatch):
-        return ApiError(400, "dtype_mismatch", data)
-    return ApiError(400, type(exc).__name__, data)
+    status, code = EXECUTOR_ERRORS.get(type(exc), (400, type(exc).__name__))
+    return ApiError(status, code, data)
 
 
 def _jsonable(value: Any) -> Any:
