@@ -5,6 +5,7 @@ caused: a bug or a payment problem). Knows nothing about routing or retries."""
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import time
@@ -14,6 +15,7 @@ import httpx
 import torch
 
 from p2pllm import codec
+from p2pllm.net import KeepAlive
 from p2pllm.receipts import EscrowDomain, Receipt, sign_receipt
 
 FAILOVER_STATUSES = frozenset({404, 500, 502, 503, 504})
@@ -69,7 +71,9 @@ class HopSession:
     signed_wei: int = 0
     signing_s: float = 0.0
     deadline: int = 0
+    last_server_timing: str = ""
     _receipt_header: str = ""
+    _fast: KeepAlive | None = None
 
     def open(self) -> None:
         self._request("POST", "/sessions", json={"session_id": "0x" + self.session_id.hex(),
@@ -80,17 +84,25 @@ class HopSession:
         """Send hidden states (1, n, hidden) at the next n positions; returns the node's output."""
         tokens_after = self.tokens + int(hidden.shape[1])
         header = self._receipt_for(tokens_after)
-        response = self._request(
-            "POST", f"/sessions/0x{self.session_id.hex()}/forward", content=codec.encode(hidden),
-            headers={"X-Position": str(self.tokens), "X-Receipt": header,
-                     "Content-Type": "application/octet-stream"})
+        if self._fast is None:
+            self._fast = KeepAlive(self.endpoint, timeout_s=self.http.timeout.read or 120.0)
+        try:
+            status, headers, body = self._fast.post(
+                f"/sessions/0x{self.session_id.hex()}/forward", codec.encode(hidden),
+                {"X-Position": str(self.tokens), "X-Receipt": header, "Content-Type": "application/octet-stream"})
+        except (OSError, http.client.HTTPException) as exc:
+            raise HopFailed(self.node, self.endpoint, f"{type(exc).__name__}: {exc}") from exc
+        self._check_status(status, body)
+        self.last_server_timing = headers.get("server-timing", "")
         self.tokens = tokens_after
         try:
-            return codec.decode(response.content, expected_trailing_dim=int(hidden.shape[-1]))
+            return codec.decode(body, expected_trailing_dim=int(hidden.shape[-1]))
         except codec.CodecError as exc:
             raise HopFailed(self.node, self.endpoint, f"bad response payload: {exc}") from exc
 
     def close(self) -> None:
+        if self._fast is not None:
+            self._fast.close()
         with contextlib.suppress(httpx.HTTPError):  # the node frees it on its idle TTL anyway
             self.http.delete(f"{self.endpoint}/sessions/0x{self.session_id.hex()}")
 
@@ -122,12 +134,15 @@ class HopSession:
             response = self.http.request(method, f"{self.endpoint}{path}", **kwargs)  # type: ignore[arg-type]
         except httpx.HTTPError as exc:
             raise HopFailed(self.node, self.endpoint, f"{type(exc).__name__}: {exc}") from exc
-        if response.status_code in FAILOVER_STATUSES:
-            raise HopFailed(self.node, self.endpoint, f"HTTP {response.status_code} {response.text[:200]}")
-        if response.status_code >= 400:
-            try:
-                body = response.json()
-            except ValueError:
-                body = {"error": "unknown", "detail": response.text[:200]}
-            raise HopRejected(self.node, response.status_code, str(body.get("error")), body.get("detail"))
+        self._check_status(response.status_code, response.content)
         return response
+
+    def _check_status(self, status: int, body: bytes) -> None:
+        if status in FAILOVER_STATUSES:
+            raise HopFailed(self.node, self.endpoint, f"HTTP {status} {body[:200]!r}")
+        if status >= 400:
+            try:
+                error = json.loads(body)
+            except ValueError:
+                error = {"error": "unknown", "detail": body[:200].decode(errors="replace")}
+            raise HopRejected(self.node, status, str(error.get("error")), error.get("detail"))
