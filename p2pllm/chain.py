@@ -22,6 +22,8 @@ from p2pllm.compile import EVM_VERSION, Artifact, load_artifacts
 from p2pllm.receipts import EscrowDomain, Receipt
 
 DEFAULT_PAGE = 200
+GAS_HEADROOM = 1.25
+GAS_HEADROOM_FIXED = 25_000
 
 
 class ChainError(RuntimeError):
@@ -344,6 +346,9 @@ class Chain:
                     "nonce": self.w3.eth.get_transaction_count(account.address, "pending"),
                     "chainId": self.chain_id,
                 })
+                # The estimate holds only for the state it ran on; another transaction mined first can make
+                # this one costlier (a storage slot that was zero is not any more), so leave headroom.
+                tx["gas"] = int(int(tx["gas"]) * GAS_HEADROOM) + GAS_HEADROOM_FIXED
                 cost = int(tx["gas"]) * int(tx.get("maxFeePerGas", tx.get("gasPrice", 0))) + value
                 balance = self.w3.eth.get_balance(account.address)
                 if balance < cost:
@@ -365,7 +370,9 @@ class Chain:
                     ) from exc
                 raise ChainError(f"{what}: {exc}") from exc
         if receipt["status"] != 1:
-            raise TxReverted(f"{what}: transaction {receipt['transactionHash'].to_0x_hex()} reverted")
+            out_of_gas = int(receipt["gasUsed"]) >= int(tx["gas"])
+            raise TxReverted(f"{what}: transaction {receipt['transactionHash'].to_0x_hex()} reverted"
+                             + (f" (out of gas at its limit of {tx['gas']})" if out_of_gas else ""))
         return receipt
 
     def _reverted(self, exc: Exception, what: str) -> TxReverted:

@@ -104,3 +104,25 @@ def test_connect_errors_are_one_line(dev_chain: DevChain, tmp_path) -> None:
         broke.deposit(1)
     with pytest.raises(ChainError, match="no deployment file"):
         Deployment.load(tmp_path / "missing.json")
+
+
+def test_concurrent_registrations_all_land(dev_chain: DevChain) -> None:
+    """A gas estimate made before another node's registration is mined can fall short (a zero storage slot
+    becomes non-zero); the adapter's headroom keeps every transaction from running out of gas."""
+    import threading
+
+    outcomes: list[object] = []
+
+    def register(index: int) -> None:
+        chain = dev_chain.as_account(index)
+        try:
+            outcomes.append(chain.register_offer(MODEL, 0, 10, 10**12, f"http://127.0.0.1:{9100 + index}")[0])
+        except Exception as exc:  # collected and asserted on below
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=register, args=(i,)) for i in range(1, 9)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(o for o in outcomes if isinstance(o, int)) == list(range(1, 9)), outcomes
