@@ -18,8 +18,10 @@ from pathlib import Path
 
 from client.frontier import alpha_optimal, pareto_frontier
 from client.inference import GenerationResult, InferenceClient, SamplingParams
+from p2pllm.chain import ChainError
 from p2pllm.cli_common import format_eth, print_table
-from p2pllm.localnet import LocalNetwork, NodeSpec
+from p2pllm.devnet import AnvilError
+from p2pllm.localnet import LocalNetwork, NodeSpec, NodeStartError
 from p2pllm.models import DEFAULT_MODEL, resolve_model
 
 CLIENT_ACCOUNT = 5
@@ -128,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         say("interrupted; every process was stopped")
         return 130
+    except (NodeStartError, ChainError, AnvilError, ValueError, LookupError, OSError) as exc:
+        say(f"failed, every process was stopped: {exc}")
+        return 1
     if outcome.paid_wei != outcome.expected_wei:
         say(f"settlement mismatch: paid {outcome.paid_wei}, owed {outcome.expected_wei}")
         return 1
