@@ -43,13 +43,24 @@ class Terms:
     min_deadline_margin_s: int = 120
 
 
+class ThawState(Protocol):
+    amount_wei: int
+    ready_at: int
+
+
+class EscrowReader(Protocol):
+    """The two escrow reads the node needs (`p2pllm.chain.Chain` provides them)."""
+
+    def escrow_balance(self, client: str) -> int: ...
+
+    def thaw_of(self, client: str) -> ThawState: ...
+
+
 class CachedEscrowView:
     """Reads balance and thaw from chain, caching each client's answer for `ttl_s`."""
 
-    def __init__(self, balance: Callable[[str], int], thaw: Callable[[str], tuple[int, int]], ttl_s: float = 2.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self._balance = balance
-        self._thaw = thaw
+    def __init__(self, reader: EscrowReader, ttl_s: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._reader = reader
         self._ttl_s = ttl_s
         self._clock = clock
         self._cache: dict[str, tuple[float, int, int, int]] = {}
@@ -61,8 +72,8 @@ class CachedEscrowView:
         with self._lock:
             hit = self._cache.get(key)
         if hit is None or now - hit[0] > self._ttl_s:
-            thaw_amount, ready_at = self._thaw(client)
-            hit = (now, self._balance(client), thaw_amount, ready_at)
+            thaw = self._reader.thaw_of(client)
+            hit = (now, self._reader.escrow_balance(client), thaw.amount_wei, thaw.ready_at)
             with self._lock:
                 self._cache[key] = hit
         _, balance, thaw_amount, ready_at = hit

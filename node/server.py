@@ -159,8 +159,7 @@ def serve(settings: ServeSettings, chain: Chain) -> int:
     ledger = Ledger(settings.data_dir / f"ledger-{chain.chain_id}-{chain.address.lower()}.sqlite",
                     sync=settings.ledger_sync)
     executor = ShardExecutor(shard, budget_tokens=settings.budget_tokens, ttl_s=settings.session_ttl_s)
-    escrow_view = CachedEscrowView(chain.escrow_balance, lambda c: (chain.thaw_of(c).amount_wei,
-                                                                    chain.thaw_of(c).ready_at))
+    escrow_view = CachedEscrowView(chain)
     claimer = Claimer(ledger, lambda items: chain.claim_batch(items)[0],
                       lambda r: chain.paid_for(r.client, r.node, r.session_id), settings.claim)
     if ledger.unclaimed():

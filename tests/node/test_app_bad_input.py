@@ -75,8 +75,7 @@ def harness(dev_chain: DevChain, tiny_llama_source: ModelSource, tmp_path) -> It
                   max_receipt_validity_s=86400)
     executor = ShardExecutor(load_shard(tiny_llama_source, 0, 4), budget_tokens=64, ttl_s=300)
     ledger = Ledger(tmp_path / "ledger.sqlite")
-    escrow = CachedEscrowView(node_chain.escrow_balance,
-                              lambda c: (node_chain.thaw_of(c).amount_wei, node_chain.thaw_of(c).ready_at))
+    escrow = CachedEscrowView(node_chain)
     state = AppState(executor=executor, ledger=ledger, terms=terms, escrow=escrow, info={"node": node_chain.address},
                      metrics=Metrics(), max_body_bytes=64 * 1024, max_session_length=32)
     with TestClient(create_app(state), raise_server_exceptions=False) as http:
