@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv/bin
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
-.PHONY: setup demo test test-python test-forge lint gas benchmarks clean
+.PHONY: setup demo test test-python test-forge lint gas benchmarks figures clean
 
 setup:
 	@bash scripts/setup.sh
@@ -25,6 +25,13 @@ lint: setup
 
 gas: setup
 	@$(VENV)/python benchmarks/gas.py
+
+# Every benchmark, one JSON line each (several minutes; see the README's table).
+benchmarks: setup
+	@for b in gas routing shards hop_overhead e2e; do $(VENV)/python benchmarks/$$b.py 2>/dev/null; done
+
+figures: setup
+	@$(VENV)/python scripts/figures.py --out figures/
 
 clean:
 	rm -rf contracts/out contracts/cache .pytest_cache .ruff_cache
