@@ -55,6 +55,15 @@ class RunningNode:
         return int(self.process.returncode)
 
 
+def parse_ready(line: str) -> tuple[str, int, str] | None:
+    """`p2pnode serve`'s start-up line ``READY <endpoint> offer=<id> node=<address>`` -> its three fields."""
+    if not line.startswith("READY "):
+        return None
+    parts = line.split()
+    fields = dict(p.split("=", 1) for p in parts[2:])
+    return parts[1], int(fields["offer"]), fields["node"]
+
+
 class NodeStartError(RuntimeError):
     pass
 
@@ -134,10 +143,9 @@ class LocalNetwork:
         assert node.process.stdout is not None
         for line in node.process.stdout:
             node.lines.append(line)
-            if line.startswith("READY "):
-                parts = line.split()
-                fields = dict(p.split("=", 1) for p in parts[2:])
-                node.endpoint, node.offer_id, node.address = parts[1], int(fields["offer"]), fields["node"]
+            ready = parse_ready(line)
+            if ready is not None:
+                node.endpoint, node.offer_id, node.address = ready
             elif line.startswith("[p2pnode]"):
                 self.log(f"  node {node.spec.name}: {line.removeprefix('[p2pnode] ').rstrip()}")
 

@@ -17,6 +17,7 @@ import httpx
 import torch
 
 from p2pllm import codec
+from p2pllm.localnet import parse_ready
 from p2pllm.receipts import EscrowDomain, Receipt, sign_receipt
 
 
@@ -52,10 +53,9 @@ def start_node(args: Sequence[str], cwd: Path, timeout_s: float = 180) -> NodePr
         if not line:
             break
         lines.append(line)
-        if line.startswith("READY "):
-            parts = line.split()
-            fields = dict(p.split("=", 1) for p in parts[2:])
-            node = NodeProcess(process, parts[1], int(fields["offer"]), fields["node"], lines)
+        ready = parse_ready(line)
+        if ready is not None:
+            node = NodeProcess(process, *ready, lines)
             threading.Thread(target=_drain, args=(process, lines), daemon=True).start()
             return node
     process.kill()
