@@ -243,7 +243,7 @@ INLINE_MAX_TOKENS = 8
 
 def _row_bytes(state: AppState) -> int:
     shard = state.executor.shard
-    return shard.hidden_size * torch.empty((), dtype=shard.dtype).element_size()
+    return shard.hidden_size * shard.dtype.itemsize
 
 
 def _parse_receipt_header(raw: str) -> tuple[int, int, int, bytes]:
