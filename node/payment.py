@@ -11,7 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from p2pllm.receipts import EscrowDomain, Receipt, ReceiptSignatureError, recover_signer
+from eth_utils import to_checksum_address
+
+from p2pllm.receipts import EscrowDomain, Receipt, ReceiptSignatureError, recover_signer_bytes
 
 
 class PaymentError(Exception):
@@ -111,13 +113,14 @@ def check_receipt(
         receipt = Receipt(client, terms.node, session_id, tokens, amount_wei, deadline)
     except ValueError as exc:
         raise PaymentError("malformed_receipt", reason=str(exc)) from exc
-    try:
-        signer = client if signature_verified else recover_signer(receipt, terms.domain, signature)
-    except ReceiptSignatureError as exc:
-        raise PaymentError("bad_signature", reason=exc.reason) from exc
-    if signer.lower() != client.lower():
-        raise PaymentError("bad_signature", reason="not signed by the session's client for this node, chain "
-                           "and escrow", recovered=signer)
+    if not signature_verified:
+        try:
+            signer = recover_signer_bytes(receipt, terms.domain, signature)
+        except ReceiptSignatureError as exc:
+            raise PaymentError("bad_signature", reason=exc.reason) from exc
+        if signer.hex() != client[2:].lower():
+            raise PaymentError("bad_signature", reason="not signed by the session's client for this node, chain "
+                               "and escrow", recovered=to_checksum_address(signer))
     if deadline < now + terms.min_deadline_margin_s or deadline > now + terms.max_receipt_validity_s:
         raise PaymentError("bad_deadline", deadline=deadline, earliest=now + terms.min_deadline_margin_s,
                            latest=now + terms.max_receipt_validity_s)

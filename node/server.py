@@ -19,7 +19,8 @@ from typing import Any
 import torch
 import uvicorn
 
-from node.app import AppState, create_app
+from node.api import AppState
+from node.app import create_app
 from node.claimer import Claimer, ClaimPolicy
 from node.executor import ShardExecutor
 from node.ledger import Ledger

@@ -1,23 +1,36 @@
 """EIP-712 payment receipts: the typed-data digest, signing and signer recovery, byte-for-byte the
-PaymentEscrow contract's. Pure crypto over eth-keys (coincurve backend); knows nothing about web3 or HTTP."""
+PaymentEscrow contract's. Pure crypto (keccak from pycryptodome, secp256k1 from coincurve); knows nothing
+about web3 or HTTP.
+
+Every receipt field is a static ABI type, so the struct encoding is six fixed 32-byte words after the type
+hash; it is packed here directly (tests cross-check it against eth-account's general EIP-712 encoder).
+Signing and recovery call libsecp256k1 through coincurve: a receipt is signed or checked on every paid hop,
+so this is on the per-token path of both client and node."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from eth_abi import encode
-from eth_keys import keys
-from eth_keys.exceptions import BadSignature
-from eth_utils import keccak, to_checksum_address
+import coincurve
+from Crypto.Hash import keccak as _keccak
+from eth_utils import to_checksum_address
 
 RECEIPT_TYPE = "Receipt(address client,address node,bytes32 sessionId,uint64 tokens,uint256 amount,uint64 deadline)"
-RECEIPT_TYPEHASH = keccak(text=RECEIPT_TYPE)
 DOMAIN_TYPE = "EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
 DOMAIN_NAME = "P2P-LLM PaymentEscrow"
 DOMAIN_VERSION = "1"
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 SIGNATURE_BYTES = 65
+_ADDRESS_RE = re.compile(r"^0x[0-9a-fA-F]{40}$")
+
+
+def keccak256(data: bytes) -> bytes:
+    return _keccak.new(digest_bits=256, data=data).digest()
+
+
+RECEIPT_TYPEHASH = keccak256(RECEIPT_TYPE.encode())
 
 
 class ReceiptSignatureError(ValueError):
@@ -35,9 +48,15 @@ class EscrowDomain:
     chain_id: int
     escrow: str
 
+    def __post_init__(self) -> None:
+        if not (isinstance(self.escrow, str) and _ADDRESS_RE.match(self.escrow)):
+            raise ValueError(f"escrow must be a 0x-prefixed 20-byte hex address, got {self.escrow!r}")
+        if not 0 <= self.chain_id < 2**256:
+            raise ValueError(f"chain_id={self.chain_id} does not fit uint256")
+
     @property
     def separator(self) -> bytes:
-        return _domain_separator(self.chain_id, to_checksum_address(self.escrow))
+        return _domain_separator(self.chain_id, self.escrow.lower())
 
 
 @dataclass(frozen=True)
@@ -52,6 +71,9 @@ class Receipt:
     deadline: int
 
     def __post_init__(self) -> None:
+        for name, address in (("client", self.client), ("node", self.node)):
+            if not (isinstance(address, str) and _ADDRESS_RE.match(address)):
+                raise ValueError(f"{name} must be a 0x-prefixed 20-byte hex address, got {address!r}")
         if len(self.session_id) != 32:
             raise ValueError(f"session_id must be 32 bytes, got {len(self.session_id)}")
         for name, value, bits in (("tokens", self.tokens, 64), ("amount_wei", self.amount_wei, 256),
@@ -65,38 +87,42 @@ class Receipt:
                 self.tokens, self.amount_wei, self.deadline)
 
 
+@lru_cache(maxsize=1024)
+def _address_word(address: str) -> bytes:
+    """A validated hex address as its 32-byte ABI word (left-padded)."""
+    return bytes(12) + bytes.fromhex(address[2:])
+
+
 @lru_cache(maxsize=64)
 def _domain_separator(chain_id: int, escrow: str) -> bytes:
-    return keccak(
-        encode(
-            ["bytes32", "bytes32", "bytes32", "uint256", "address"],
-            [keccak(text=DOMAIN_TYPE), keccak(text=DOMAIN_NAME), keccak(text=DOMAIN_VERSION), chain_id, escrow],
-        )
-    )
+    return keccak256(keccak256(DOMAIN_TYPE.encode()) + keccak256(DOMAIN_NAME.encode())
+                     + keccak256(DOMAIN_VERSION.encode()) + chain_id.to_bytes(32, "big") + _address_word(escrow))
 
 
 def receipt_struct_hash(receipt: Receipt) -> bytes:
-    return keccak(
-        encode(
-            ["bytes32", "address", "address", "bytes32", "uint64", "uint256", "uint64"],
-            [RECEIPT_TYPEHASH, *receipt.as_tuple()],
-        )
-    )
+    return keccak256(RECEIPT_TYPEHASH + _address_word(receipt.client.lower()) + _address_word(receipt.node.lower())
+                     + receipt.session_id + receipt.tokens.to_bytes(32, "big")
+                     + receipt.amount_wei.to_bytes(32, "big") + receipt.deadline.to_bytes(32, "big"))
 
 
 def receipt_digest(receipt: Receipt, domain: EscrowDomain) -> bytes:
     """The 32-byte EIP-712 digest the client signs (equals PaymentEscrow.receiptDigest)."""
-    return keccak(b"\x19\x01" + domain.separator + receipt_struct_hash(receipt))
+    return keccak256(b"\x19\x01" + domain.separator + receipt_struct_hash(receipt))
+
+
+@lru_cache(maxsize=16)
+def _signing_key(private_key: bytes) -> coincurve.PrivateKey:
+    return coincurve.PrivateKey(private_key)
 
 
 def sign_receipt(receipt: Receipt, domain: EscrowDomain, private_key: bytes) -> bytes:
-    """65-byte r||s||v signature (v in {27, 28}, low s) as the escrow expects."""
-    signature = keys.PrivateKey(private_key).sign_msg_hash(receipt_digest(receipt, domain))
-    return signature.r.to_bytes(32, "big") + signature.s.to_bytes(32, "big") + bytes([signature.v + 27])
+    """65-byte r||s||v signature (v in {27, 28}, low s, RFC 6979 nonce) as the escrow expects."""
+    rs_recid = _signing_key(private_key).sign_recoverable(receipt_digest(receipt, domain), hasher=None)
+    return rs_recid[:64] + bytes([rs_recid[64] + 27])
 
 
-def recover_signer(receipt: Receipt, domain: EscrowDomain, signature: bytes) -> str:
-    """The checksummed address that signed; raises ReceiptSignatureError for what the escrow rejects."""
+def recover_signer_bytes(receipt: Receipt, domain: EscrowDomain, signature: bytes) -> bytes:
+    """The 20-byte address that signed; raises ReceiptSignatureError for what the escrow rejects."""
     if len(signature) != SIGNATURE_BYTES:
         raise ReceiptSignatureError(f"signature must be {SIGNATURE_BYTES} bytes, got {len(signature)}")
     r = int.from_bytes(signature[:32], "big")
@@ -106,17 +132,29 @@ def recover_signer(receipt: Receipt, domain: EscrowDomain, signature: bytes) -> 
         raise ReceiptSignatureError("high-s signature")
     if v not in (27, 28):
         raise ReceiptSignatureError(f"bad v {v}")
+    if not (0 < r < SECP256K1_N and s > 0):
+        raise ReceiptSignatureError("unrecoverable signature: r or s out of range")
     try:
-        public_key = keys.Signature(vrs=(v - 27, r, s)).recover_public_key_from_msg_hash(
-            receipt_digest(receipt, domain)
-        )
-    except (BadSignature, ValueError) as exc:
+        public_key = coincurve.PublicKey.from_signature_and_message(
+            signature[:64] + bytes([v - 27]), receipt_digest(receipt, domain), hasher=None)
+    except ValueError as exc:
         raise ReceiptSignatureError(f"unrecoverable signature: {exc}") from exc
-    return public_key.to_checksum_address()
+    return keccak256(public_key.format(compressed=False)[1:])[-20:]
+
+
+def recover_signer(receipt: Receipt, domain: EscrowDomain, signature: bytes) -> str:
+    """The checksummed address that signed; raises ReceiptSignatureError for what the escrow rejects."""
+    return to_checksum_address(recover_signer_bytes(receipt, domain, signature))
+
+
+def is_signed_by(receipt: Receipt, domain: EscrowDomain, signature: bytes, address: str) -> bool:
+    """Whether `address` signed `receipt` for `domain` with a signature the escrow accepts (no checksum
+    formatting: this runs on every paid hop)."""
+    try:
+        return recover_signer_bytes(receipt, domain, signature) == _address_word(address.lower())[12:]
+    except ReceiptSignatureError:
+        return False
 
 
 def is_signed_by_client(receipt: Receipt, domain: EscrowDomain, signature: bytes) -> bool:
-    try:
-        return recover_signer(receipt, domain, signature) == to_checksum_address(receipt.client)
-    except ReceiptSignatureError:
-        return False
+    return is_signed_by(receipt, domain, signature, receipt.client)

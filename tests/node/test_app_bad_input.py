@@ -14,7 +14,8 @@ import torch
 from eth_account import Account
 from fastapi.testclient import TestClient
 
-from node.app import AppState, create_app
+from node.api import AppState
+from node.app import create_app
 from node.executor import ShardExecutor
 from node.ledger import Ledger
 from node.metrics import Metrics
@@ -218,3 +219,22 @@ def test_metrics_count_rejections(harness: Harness) -> None:
     sid = harness.open()
     harness.forward(sid, b"junk")
     assert 'p2pllm_requests_rejected_total{code="truncated_header"} 1' in harness.http.get("/metrics").text
+
+
+def test_forward_route_method_headers_and_schema(harness: Harness) -> None:
+    sid = harness.open()
+    response = harness.http.get(f"/sessions/{sid}/forward")
+    _error(response, 405, "method_not_allowed")
+    assert response.headers["Allow"] == "POST"
+    for headers in ({"X-Receipt": "{}"}, {"X-Position": "-1", "X-Receipt": "{}"},
+                    {"X-Position": "1e3", "X-Receipt": "{}"}, {"X-Position": "9" * 40, "X-Receipt": "{}"}):
+        body = _error(harness.http.post(f"/sessions/{sid}/forward", content=hidden(), headers=headers),
+                      422, "invalid_request")
+        assert body["detail"][0]["loc"] == ["header", "x-position"]
+    # Other paths under /sessions are FastAPI's, not the forward route's.
+    _error(harness.http.post(f"/sessions/{sid}/forward/extra", content=b""), 404, "http_error")
+    operation = harness.http.get("/openapi.json").json()["paths"]["/sessions/{session_id}/forward"]["post"]
+    assert {p["name"] for p in operation["parameters"]} == {"session_id", "x-position", "x-receipt"}
+    assert {"200", "402", "422", "503"} <= set(operation["responses"])
+    # A good request still goes through after all of that.
+    assert harness.forward(sid, hidden()).status_code == 200

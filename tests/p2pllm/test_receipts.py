@@ -1,7 +1,8 @@
-"""Receipt signing and recovery, cross-checked against eth-account's own EIP-712 encoder."""
+"""Receipt signing and recovery, cross-checked against eth-account's own EIP-712 encoder and signer."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -61,6 +62,17 @@ def test_digest_matches_eth_account(amount: int, tokens: int, chain_id: int) -> 
     assert receipt_digest(receipt, domain) == _eth_account_digest(receipt, domain)
 
 
+@settings(max_examples=25, deadline=None)
+@given(key=st.binary(min_size=32, max_size=32), amount=st.integers(0, 2**256 - 1), deadline=st.integers(0, 2**64 - 1))
+def test_signature_matches_eth_account(key: bytes, amount: int, deadline: int) -> None:
+    if not 0 < int.from_bytes(key, "big") < SECP256K1_N:
+        return
+    receipt = _receipt(amount, client=Account.from_key(key).address, deadline=deadline)
+    expected = Account.unsafe_sign_hash(_eth_account_digest(receipt, DOMAIN), key).signature
+    assert sign_receipt(receipt, DOMAIN, key) == bytes(expected)
+    assert recover_signer(receipt, DOMAIN, bytes(expected)) == receipt.client
+
+
 def test_sign_then_recover_roundtrip() -> None:
     receipt = _receipt()
     signature = sign_receipt(receipt, DOMAIN, KEY)
@@ -98,3 +110,20 @@ def test_receipt_field_validation() -> None:
         _receipt(tokens=2**64)
     with pytest.raises(ValueError, match="uint256"):
         _receipt(-1)
+    with pytest.raises(ValueError, match="client must be"):
+        _receipt(client="0x1234")
+    with pytest.raises(ValueError, match="node must be"):
+        _receipt(node="ab" * 20)
+    with pytest.raises(ValueError, match="escrow must be"):
+        EscrowDomain(1, "0x" + "zz" * 20)
+
+
+def test_unrecoverable_signatures_are_rejected_not_crashing() -> None:
+    receipt = _receipt()
+    zero_r = bytes(32) + (1).to_bytes(32, "big") + b"\x1b"
+    with pytest.raises(ReceiptSignatureError, match="unrecoverable"):
+        recover_signer(receipt, DOMAIN, zero_r)
+    for _ in range(50):
+        garbage = os.urandom(64) + bytes([27])
+        with contextlib.suppress(ReceiptSignatureError):
+            assert recover_signer(receipt, DOMAIN, garbage) != CLIENT
