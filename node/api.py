@@ -25,6 +25,7 @@ from node.executor import (
 from node.ledger import Ledger
 from node.metrics import Metrics
 from node.payment import EscrowView, Terms
+from p2pllm.receipts import Receipt
 
 SESSION_ID_PATTERN = r"^0x[0-9a-fA-F]{64}$"
 ADDRESS_PATTERN = r"^0x[0-9a-fA-F]{40}$"
@@ -36,6 +37,16 @@ class ApiError(Exception):
         self.code = code
         self.detail = detail
         self.headers = headers
+
+
+@dataclass(frozen=True)
+class AcceptedReceipt:
+    """The newest receipt a session paid with, as its X-Receipt header arrived, once it is stored in the
+    ledger; `paid_wei` is what the escrow had paid for the session when it was read from the ledger."""
+
+    header: str
+    receipt: Receipt
+    paid_wei: int
 
 
 @dataclass
@@ -55,7 +66,7 @@ class AppState:
     on_receipt: Callable[[], None] = lambda: None
     clients: dict[str, str] = field(default_factory=dict)
     owed_wei: dict[str, int] = field(default_factory=dict)
-    verified_receipt: dict[str, str] = field(default_factory=dict)
+    accepted: dict[str, AcceptedReceipt] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 

@@ -139,7 +139,7 @@ def create_app(state: AppState) -> FastAPI:
             with state.lock:
                 state.clients.pop(sid, None)
                 state.owed_wei.pop(sid, None)
-                state.verified_receipt.pop(sid, None)
+                state.accepted.pop(sid, None)
         return Response(status_code=204)
 
     return app

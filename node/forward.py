@@ -18,7 +18,7 @@ from typing import Any
 import anyio.to_thread
 import torch
 
-from node.api import SESSION_ID_PATTERN, ApiError, AppState, error_body, error_headers, executor_error
+from node.api import SESSION_ID_PATTERN, AcceptedReceipt, ApiError, AppState, error_body, error_headers, executor_error
 from node.executor import ExecutorError
 from node.payment import PaymentError, check_receipt
 from p2pllm import codec
@@ -175,16 +175,23 @@ def _forward(state: AppState, sid: str, body: bytes, position: int,
         raise ApiError(400, "length_exceeded", {"max_length": session.max_length, "requested": position + tokens_now})
     tokens, amount, deadline, signature = _parse_receipt_header(receipt_header)
     session_bytes = bytes.fromhex(sid[2:])
-    held = state.ledger.latest(client, session_bytes)
+    # A client with credit sends the same receipt for several steps: it is already verified and stored, so
+    # only what changes with time and tokens (deadline window, amount owed, escrow cover) is checked again.
+    last = state.accepted.get(sid)
+    repeated = last is not None and last.header == receipt_header
+    if last is not None and repeated:
+        previous, paid_wei = last.receipt, last.paid_wei
+    else:
+        held = state.ledger.latest(client, session_bytes)
+        previous, paid_wei = (held.receipt, held.paid_wei) if held else (None, 0)
     terms = state.terms
     with state.lock:
         owed_after = state.owed_wei.get(sid, 0) + terms.price_wei_per_token * tokens_now
     try:
         receipt = check_receipt(
             terms, state.escrow, client=client, session_id=session_bytes, tokens_after=position + tokens_now,
-            owed_wei=owed_after, previous=held.receipt if held else None, paid_wei=held.paid_wei if held else 0,
-            tokens=tokens, amount_wei=amount, deadline=deadline, signature=signature, now=state.now(),
-            signature_verified=state.verified_receipt.get(sid) == receipt_header,
+            owed_wei=owed_after, previous=previous, paid_wei=paid_wei, tokens=tokens, amount_wei=amount,
+            deadline=deadline, signature=signature, now=state.now(), signature_verified=repeated,
         )
     except PaymentError as exc:
         raise ApiError(402, exc.code, exc.detail) from exc
@@ -195,11 +202,12 @@ def _forward(state: AppState, sid: str, body: bytes, position: int,
     except ExecutorError as exc:
         raise executor_error(exc) from exc
     compute_s = time.perf_counter() - compute_started
-    # Durable before the output leaves: a crash after this line loses no earnings.
-    state.ledger.record(receipt, signature)
+    if not repeated:
+        # Durable before the output leaves: a crash after this line loses no earnings.
+        state.ledger.record(receipt, signature)
     with state.lock:
         state.owed_wei[sid] = owed_after
-        state.verified_receipt[sid] = receipt_header
+        state.accepted[sid] = AcceptedReceipt(receipt_header, receipt, paid_wei)
     state.on_receipt()
     payload = codec.encode(out)
     total_s = time.perf_counter() - started

@@ -70,23 +70,22 @@ class Ledger:
     def record(self, receipt: Receipt, signature: bytes) -> bool:
         """Store `receipt` as the newest for its (client, session), committed before returning.
         Returns False (and keeps the stored one) if a receipt with a larger amount is already held."""
-        key = (receipt.client.lower(), receipt.session_id)
+        # One statement: amounts are decimal text (uint256 does not fit SQLite's INTEGER), so "not smaller"
+        # is "longer, or as long and not lexically smaller".
         with self._lock:
-            row = self._db.execute(
-                "SELECT amount_wei FROM receipts WHERE client = ? AND session_id = ?", key
-            ).fetchone()
-            if row is not None and int(row[0]) > receipt.amount_wei:
-                return False
-            self._db.execute(
+            cursor = self._db.execute(
                 """INSERT INTO receipts (client, session_id, node, tokens, amount_wei, deadline, signature, received_at)
                    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
                    ON CONFLICT (client, session_id) DO UPDATE SET
                        tokens = excluded.tokens, amount_wei = excluded.amount_wei, deadline = excluded.deadline,
-                       signature = excluded.signature, received_at = excluded.received_at""",
-                (*key, receipt.node, receipt.tokens, str(receipt.amount_wei), receipt.deadline, signature,
-                 time.time()),
+                       signature = excluded.signature, received_at = excluded.received_at
+                   WHERE length(excluded.amount_wei) > length(receipts.amount_wei)
+                      OR (length(excluded.amount_wei) = length(receipts.amount_wei)
+                          AND excluded.amount_wei >= receipts.amount_wei)""",
+                (receipt.client.lower(), receipt.session_id, receipt.node, receipt.tokens, str(receipt.amount_wei),
+                 receipt.deadline, signature, time.time()),
             )
-        return True
+            return cursor.rowcount == 1
 
     def mark_paid(self, client: str, session_id: bytes, paid_total_wei: int) -> None:
         """Record the escrow's cumulative payment for a session (read back from chain after a claim)."""

@@ -113,18 +113,33 @@ class Shard(nn.Module):
         self.layers = layers
         self.rotary_emb = rotary_emb
         self.layer_types = layer_types
+        # Read on every request (validation, codec) and step: plain attributes, not a walk over the module tree
+        # (`next(parameters())`) or a slice of the ModuleList (which builds a new ModuleList) each time.
+        self._layer_seq = tuple(layers)
+        self._hidden_size = int(config.hidden_size)
+        self._placement()
+
+    def _placement(self) -> None:
+        first = next(self.layers.parameters())
+        self._device, self._dtype = first.device, first.dtype
+
+    def _apply(self, *args: Any, **kwargs: Any) -> Shard:
+        """`.to()`, `.cuda()`, `.half()`... go through here: keep the cached device and dtype true."""
+        result = super()._apply(*args, **kwargs)
+        self._placement()
+        return result
 
     @property
     def hidden_size(self) -> int:
-        return int(self.config.hidden_size)
+        return self._hidden_size
 
     @property
     def device(self) -> torch.device:
-        return next(self.layers.parameters()).device
+        return self._device
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.layers.parameters()).dtype
+        return self._dtype
 
     def new_cache(self) -> DynamicCache:
         """An empty KV cache for this shard's layers (sliding-window aware)."""
@@ -145,7 +160,7 @@ class Shard(nn.Module):
         position_ids = positions.view(1, -1)
         masks = self._masks(hidden, position_ids, cache, lo, hi)
         position_embeddings = self.rotary_emb(hidden, position_ids)
-        for layer, kind in zip(self.layers[lo:hi], self.layer_types[lo:hi], strict=True):
+        for layer, kind in zip(self._layer_seq[lo:hi], self.layer_types[lo:hi], strict=True):
             hidden = layer(
                 hidden,
                 attention_mask=masks[kind],

@@ -168,6 +168,23 @@ def test_decreasing_receipt(harness: Harness) -> None:
            "receipt_decreased")
 
 
+def test_a_repeated_receipt_is_stored_once_and_still_checked(harness: Harness) -> None:
+    """A receipt signed ahead (amount for 4 tokens) may pay several steps, but each step re-checks what changes
+    with tokens and time: past its deadline window it is refused, and the 5th token is underpaid."""
+    sid = harness.open()
+    ahead = harness.receipt(sid, 4, amount=4 * PRICE)
+    for position in range(3):
+        assert harness.forward(sid, hidden(), position=position, receipt=ahead).status_code == 200
+    held = harness.state.ledger.all()
+    assert [(h.receipt.tokens, h.receipt.amount_wei) for h in held] == [(4, 4 * PRICE)]
+    clock = harness.state.now
+    harness.state.now = lambda: clock() + 3600  # the receipt's deadline is now inside the safety margin
+    _error(harness.forward(sid, hidden(), position=3, receipt=ahead), 402, "bad_deadline")
+    harness.state.now = clock
+    assert harness.forward(sid, hidden(), position=3, receipt=ahead).status_code == 200
+    _error(harness.forward(sid, hidden(), position=4, receipt=ahead), 402, "underpaid")
+
+
 def test_client_without_enough_escrow(harness: Harness) -> None:
     poor = Account.create()
     sid = harness.open(client=poor.address)

@@ -330,3 +330,14 @@ def test_sub_span_of_a_shard_equals_a_shard_of_that_span(tiny_models: dict[str, 
         position += tokens
     with pytest.raises(ShardRangeError):
         whole(hidden, positions, whole.new_cache(), span=(0, source.num_layers + 1))
+
+
+def test_device_and_dtype_follow_a_move(tiny_llama_source: ModelSource) -> None:
+    shard = load_shard(tiny_llama_source, 0, 2)
+    assert (shard.device.type, shard.dtype) == ("cpu", torch.float32)
+    shard.to(torch.bfloat16)
+    assert shard.dtype == torch.bfloat16
+    out = shard(torch.randn(1, 3, shard.hidden_size, dtype=torch.bfloat16), torch.arange(3), shard.new_cache())
+    assert out.dtype == torch.bfloat16
+    shard.float()
+    assert shard.dtype == torch.float32
