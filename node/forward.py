@@ -20,7 +20,7 @@ import torch
 
 from node.api import SESSION_ID_PATTERN, AcceptedReceipt, ApiError, AppState, error_body, error_headers, executor_error
 from node.executor import ExecutorError
-from node.payment import PaymentError, check_receipt
+from node.payment import EscrowUnavailable, PaymentError, check_receipt
 from p2pllm import codec
 
 Scope = MutableMapping[str, Any]
@@ -195,6 +195,8 @@ def _forward(state: AppState, sid: str, body: bytes, position: int,
         )
     except PaymentError as exc:
         raise ApiError(402, exc.code, exc.detail) from exc
+    except EscrowUnavailable as exc:
+        raise ApiError(503, "chain_unavailable", str(exc)) from exc
     positions = torch.arange(position, position + tokens_now, dtype=torch.int64)
     compute_started = time.perf_counter()
     try:

@@ -5,6 +5,7 @@ Knows nothing about HTTP, tensors or SQL; raises `PaymentError` with a stable co
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -14,6 +15,8 @@ from typing import Protocol
 from eth_utils import to_checksum_address
 
 from p2pllm.receipts import EscrowDomain, Receipt, ReceiptSignatureError, recover_signer_bytes
+
+log = logging.getLogger("p2pnode.payment")
 
 
 class PaymentError(Exception):
@@ -58,35 +61,84 @@ class EscrowReader(Protocol):
     def thaw_of(self, client: str) -> ThawState: ...
 
 
-class CachedEscrowView:
-    """Reads balance and thaw from chain, caching each client's answer for `ttl_s`."""
+class EscrowUnavailable(Exception):
+    """The client's escrow could not be read from chain (RPC down or failing) and no usable cached answer
+    exists: the node cannot tell whether it would be paid."""
 
-    def __init__(self, reader: EscrowReader, ttl_s: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
+
+@dataclass(frozen=True)
+class _EscrowEntry:
+    read_at: float
+    balance_wei: int
+    thaw_wei: int
+    thaw_ready_at: int
+
+
+class CachedEscrowView:
+    """Each client's balance and thaw, read from chain and cached. An answer is fresh for `ttl_s`; after that
+    it is still served, up to `max_stale_s` old, while one background read per client replaces it, so the
+    chain round trip (~10 ms through web3) stays off the request path once a client is known. A client
+    seen for the first time, or whose answer is older than `max_stale_s` (the chain has been failing), is
+    read inline; a failed inline read raises `EscrowUnavailable`."""
+
+    def __init__(self, reader: EscrowReader, ttl_s: float = 2.0, max_stale_s: float = 15.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if not 0 < ttl_s <= max_stale_s:
+            raise ValueError(f"need 0 < ttl_s <= max_stale_s, got {ttl_s}, {max_stale_s}")
         self._reader = reader
         self._ttl_s = ttl_s
+        self._max_stale_s = max_stale_s
         self._clock = clock
-        self._cache: dict[str, tuple[float, int, int, int]] = {}
+        self._cache: dict[str, _EscrowEntry] = {}
+        self._refreshing: set[str] = set()
         self._lock = threading.Lock()
 
     def available_wei(self, client: str, until: int) -> int:
         key = client.lower()
         now = self._clock()
         with self._lock:
-            hit = self._cache.get(key)
-        if hit is None or now - hit[0] > self._ttl_s:
-            thaw = self._reader.thaw_of(client)
-            hit = (now, self._reader.escrow_balance(client), thaw.amount_wei, thaw.ready_at)
-            with self._lock:
-                self._cache[key] = hit
-        _, balance, thaw_amount, ready_at = hit
+            entry = self._cache.get(key)
+            usable = entry is not None and now - entry.read_at <= self._max_stale_s
+            refresh = usable and entry is not None and now - entry.read_at > self._ttl_s \
+                and key not in self._refreshing
+            if refresh:
+                self._refreshing.add(key)
+        if not usable:
+            entry = self._read(client)
+        elif refresh:
+            threading.Thread(target=self._refresh, args=(client,), name="escrow-refresh", daemon=True).start()
+        assert entry is not None
         # Funds whose thaw completes before the receipt's deadline may leave before the node claims.
-        if ready_at and ready_at <= until:
-            return max(balance - thaw_amount, 0)
-        return balance
+        if entry.thaw_ready_at and entry.thaw_ready_at <= until:
+            return max(entry.balance_wei - entry.thaw_wei, 0)
+        return entry.balance_wei
 
     def forget(self, client: str) -> None:
         with self._lock:
             self._cache.pop(client.lower(), None)
+
+    def _read(self, client: str) -> _EscrowEntry:
+        read_at = self._clock()
+        try:
+            thaw = self._reader.thaw_of(client)
+            balance = self._reader.escrow_balance(client)
+        except Exception as exc:  # whatever the reader raised, the answer is: unknown
+            raise EscrowUnavailable(f"cannot read the escrow of {client}: {exc}") from exc
+        entry = _EscrowEntry(read_at, balance, thaw.amount_wei, thaw.ready_at)
+        with self._lock:
+            current = self._cache.get(client.lower())
+            if current is None or current.read_at <= read_at:
+                self._cache[client.lower()] = entry
+        return entry
+
+    def _refresh(self, client: str) -> None:
+        try:
+            self._read(client)
+        except EscrowUnavailable as exc:
+            log.warning("escrow refresh failed, serving the cached answer for now: %s", exc)
+        finally:
+            with self._lock:
+                self._refreshing.discard(client.lower())
 
 
 def check_receipt(

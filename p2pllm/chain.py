@@ -4,8 +4,10 @@ Knows nothing about models, HTTP or routing."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import threading
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +21,7 @@ from web3 import Web3
 from web3.exceptions import ContractCustomError, ContractLogicError, TimeExhausted, Web3Exception
 
 from p2pllm.compile import EVM_VERSION, Artifact, load_artifacts
+from p2pllm.net import KeepAlive
 from p2pllm.receipts import EscrowDomain, Receipt
 
 DEFAULT_PAGE = 200
@@ -116,6 +119,14 @@ def _error_selectors(artifacts: dict[str, Artifact]) -> dict[bytes, tuple[str, l
     return selectors
 
 
+_BALANCE_OF = keccak(text="balanceOf(address)")[:4]
+_THAW_OF = keccak(text="thawOf(address)")[:4]
+
+
+def _address_arg(address: str) -> bytes:
+    return bytes(12) + bytes.fromhex(to_checksum_address(address)[2:])
+
+
 class Chain:
     """A connection to one EVM network, optionally with a signing account and a deployment."""
 
@@ -133,6 +144,8 @@ class Chain:
         self.artifacts = load_artifacts()
         self._errors = _error_selectors(self.artifacts)
         self._send_lock = threading.Lock()
+        self._rpc_lock = threading.Lock()
+        self._rpc: KeepAlive | None = None
         self.registry = self.escrow = None
         if deployment is not None:
             self.registry = w3.eth.contract(address=to_checksum_address(deployment.registry),
@@ -286,11 +299,13 @@ class Chain:
         return [int(args["paid"]) if name == "Claimed" else 0 for name, args in outcomes], result
 
     def escrow_balance(self, client: str) -> int:
-        return int(self._call(self._escrow().functions.balanceOf(to_checksum_address(client))))
+        return int.from_bytes(self._eth_call(self._escrow().address, _BALANCE_OF + _address_arg(client))[:32], "big")
 
     def thaw_of(self, client: str) -> Thaw:
-        amount, ready_at = self._call(self._escrow().functions.thawOf(to_checksum_address(client)))
-        return Thaw(int(amount), int(ready_at))
+        data = self._eth_call(self._escrow().address, _THAW_OF + _address_arg(client))
+        if len(data) != 64:
+            raise ChainError(f"thawOf returned {len(data)} bytes, expected 64")
+        return Thaw(int.from_bytes(data[:32], "big"), int.from_bytes(data[32:], "big"))
 
     def paid_for(self, client: str, node: str, session_id: bytes) -> int:
         fn = self._escrow().functions.paidFor(to_checksum_address(client), to_checksum_address(node), session_id)
@@ -322,6 +337,40 @@ class Chain:
         if self.account is None:
             raise ChainError("this action needs a key: use --keystore, --private-key-env or --dev-account")
         return self.account
+
+    def _eth_call(self, to: str, data: bytes) -> bytes:
+        """A read-only call at the latest block, as plain JSON-RPC over one keep-alive connection. The node
+        reads its clients' escrow on the request path, and web3's request pipeline costs ~5 ms a call (about
+        0.15 ms this way); everything else goes through web3. An RPC URL with credentials in it goes through
+        web3 too."""
+        endpoint = str(getattr(self.w3.provider, "endpoint_uri", "") or "")
+        if not endpoint or urllib.parse.urlsplit(endpoint).username:
+            return bytes(self.w3.eth.call({"to": to_checksum_address(to), "data": "0x" + data.hex()}))
+        request = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_call",
+                              "params": [{"to": to, "data": "0x" + data.hex()}, "latest"]}).encode()
+        with self._rpc_lock:
+            if self._rpc is None:
+                self._rpc = KeepAlive(endpoint, timeout_s=10.0)
+            try:
+                status, _, body = self._rpc.post("", request, {"Content-Type": "application/json"})
+            except (OSError, http.client.HTTPException) as exc:
+                raise ChainError(f"RPC unreachable: {type(exc).__name__}: {exc}") from exc
+        try:
+            answer = json.loads(body)
+        except ValueError:
+            answer = None
+        if status != 200 or not isinstance(answer, dict):
+            raise ChainError(f"RPC answered HTTP {status}: {body[:200]!r}")
+        if "error" in answer:
+            error = answer["error"] if isinstance(answer["error"], dict) else {"message": str(answer["error"])}
+            raise ChainError(f"eth_call reverted or failed: {error.get('message')}")
+        result = answer.get("result")
+        if not (isinstance(result, str) and result.startswith("0x")):
+            raise ChainError(f"RPC returned no call result: {body[:200]!r}")
+        try:
+            return bytes.fromhex(result[2:])
+        except ValueError as exc:
+            raise ChainError(f"RPC returned a malformed call result: {result[:80]!r}") from exc
 
     def _call(self, fn: Any) -> Any:
         try:

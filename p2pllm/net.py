@@ -47,6 +47,7 @@ class KeepAlive:
         self.scheme, self.host = parsed.scheme, parsed.hostname
         self.port = parsed.port or (443 if parsed.scheme == "https" else 80)
         self.prefix = parsed.path.rstrip("/")
+        self.query = parsed.query
         self.timeout_s = timeout_s
         default_port = self.port == (443 if self.scheme == "https" else 80)
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -57,7 +58,10 @@ class KeepAlive:
 
     def post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
         """POST `body` to `path`; returns (status, headers with lower-case names, body)."""
-        head = [f"POST {self.prefix}{path} HTTP/1.1", f"Host: {self._host_header}", f"Content-Length: {len(body)}"]
+        target = (self.prefix + path) or "/"
+        if self.query:
+            target += ("&" if "?" in target else "?") + self.query
+        head = [f"POST {target} HTTP/1.1", f"Host: {self._host_header}", f"Content-Length: {len(body)}"]
         head += [f"{name}: {value}" for name, value in headers.items()]
         request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
         sock = self._connection()

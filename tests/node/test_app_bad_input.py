@@ -255,3 +255,18 @@ def test_forward_route_method_headers_and_schema(harness: Harness) -> None:
     assert {"200", "402", "422", "503"} <= set(operation["responses"])
     # A good request still goes through after all of that.
     assert harness.forward(sid, hidden()).status_code == 200
+
+
+def test_unreadable_escrow_is_503_not_500(harness: Harness) -> None:
+    class DownChain:
+        def escrow_balance(self, client: str) -> int:
+            raise ConnectionError("RPC down")
+
+        def thaw_of(self, client: str) -> object:
+            raise ConnectionError("RPC down")
+
+    sid = harness.open()
+    harness.state.escrow = CachedEscrowView(DownChain())  # type: ignore[arg-type]
+    response = harness.forward(sid, hidden())
+    _error(response, 503, "chain_unavailable")
+    assert response.headers["Retry-After"] == "2"

@@ -4,11 +4,13 @@ batch claims, decoded custom errors, and Python/Solidity EIP-712 parity."""
 from __future__ import annotations
 
 import os
+import socket
 
 import pytest
 from eth_account import Account
+from web3 import Web3
 
-from p2pllm.chain import Chain, ChainError, Deployment, TxReverted
+from p2pllm.chain import Chain, ChainError, Deployment, Thaw, TxReverted
 from p2pllm.keys import dev_account
 from p2pllm.receipts import RECEIPT_TYPEHASH, Receipt, receipt_digest, sign_receipt
 from tests.chain_fixtures import THAW_S, DevChain
@@ -56,6 +58,29 @@ def test_deposit_sign_claim_withdraw_cycle(dev_chain: DevChain) -> None:
     amount, _ = client.withdraw()
     assert amount == ETH - 5 * 10**15
     assert client.escrow_balance(client.address) == 0
+
+
+def test_escrow_reads_agree_with_web3(dev_chain: DevChain) -> None:
+    """balance and thaw are read by plain JSON-RPC (the node's hot path); web3's contract calls are the oracle."""
+    client = dev_chain.as_account(4)
+    escrow = client.escrow
+    assert escrow is not None
+    assert (client.escrow_balance(client.address), client.thaw_of(client.address)) == (0, Thaw(0, 0))
+    client.deposit(3 * 10**15)
+    client.request_withdraw(10**15)
+    thaw = client.thaw_of(client.address.lower())
+    assert (thaw.amount_wei, thaw.ready_at) == tuple(escrow.functions.thawOf(client.address).call())
+    assert thaw.amount_wei == 10**15 and thaw.ready_at > client.block_timestamp()
+    assert client.escrow_balance(client.address) == escrow.functions.balanceOf(client.address).call() == 3 * 10**15
+
+
+def test_unreachable_rpc_is_a_chain_error(dev_chain: DevChain) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    offline = Chain(Web3(Web3.HTTPProvider(f"http://127.0.0.1:{port}")), None, dev_chain.deployment)
+    with pytest.raises(ChainError, match="RPC unreachable"):
+        offline.escrow_balance(dev_account(4).address)
 
 
 def test_batch_reports_each_item(dev_chain: DevChain) -> None:
