@@ -22,6 +22,7 @@ from node.api import SESSION_ID_PATTERN, AcceptedReceipt, ApiError, AppState, er
 from node.executor import ExecutorError
 from node.payment import EscrowUnavailable, PaymentError, check_receipt
 from p2pllm import codec
+from p2pllm.receipts import Receipt
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -175,24 +176,38 @@ def _forward(state: AppState, sid: str, body: bytes, position: int,
         raise ApiError(400, "length_exceeded", {"max_length": session.max_length, "requested": position + tokens_now})
     tokens, amount, deadline, signature = _parse_receipt_header(receipt_header)
     session_bytes = bytes.fromhex(sid[2:])
-    # A client with credit sends the same receipt for several steps: it is already verified and stored, so
-    # only what changes with time and tokens (deadline window, amount owed, escrow cover) is checked again.
+    # A session's newest accepted receipt is kept in memory (`state.accepted`): the ledger is read only for a
+    # session's first receipt here (it may hold one from an earlier run) and, before refusing for lack of
+    # escrow, to refresh what the escrow has paid since. A client with credit sends the same receipt for
+    # several steps: it is already verified and stored, so only what changes with time and tokens (deadline
+    # window, amount owed, escrow cover) is checked again.
     last = state.accepted.get(sid)
     repeated = last is not None and last.header == receipt_header
-    if last is not None and repeated:
-        previous, paid_wei = last.receipt, last.paid_wei
-    else:
+    if last is None:
         held = state.ledger.latest(client, session_bytes)
         previous, paid_wei = (held.receipt, held.paid_wei) if held else (None, 0)
+    else:
+        previous, paid_wei = last.receipt, last.paid_wei
     terms = state.terms
     with state.lock:
         owed_after = state.owed_wei.get(sid, 0) + terms.price_wei_per_token * tokens_now
-    try:
-        receipt = check_receipt(
+
+    def check(paid: int) -> Receipt:
+        return check_receipt(
             terms, state.escrow, client=client, session_id=session_bytes, tokens_after=position + tokens_now,
-            owed_wei=owed_after, previous=previous, paid_wei=paid_wei, tokens=tokens, amount_wei=amount,
+            owed_wei=owed_after, previous=previous, paid_wei=paid, tokens=tokens, amount_wei=amount,
             deadline=deadline, signature=signature, now=state.now(), signature_verified=repeated,
         )
+
+    try:
+        try:
+            receipt = check(paid_wei)
+        except PaymentError as exc:
+            held = state.ledger.latest(client, session_bytes) if exc.code == "insufficient_escrow" else None
+            if held is None or held.paid_wei == paid_wei:
+                raise
+            paid_wei = held.paid_wei
+            receipt = check(paid_wei)
     except PaymentError as exc:
         raise ApiError(402, exc.code, exc.detail) from exc
     except EscrowUnavailable as exc:

@@ -270,3 +270,25 @@ def test_unreadable_escrow_is_503_not_500(harness: Harness) -> None:
     response = harness.forward(sid, hidden())
     _error(response, 503, "chain_unavailable")
     assert response.headers["Retry-After"] == "2"
+
+
+def test_escrow_cover_counts_what_was_claimed_meanwhile(harness: Harness) -> None:
+    """Outstanding = signed − already paid. After a claim drains the client's balance, the node must use the
+    paid amount the ledger now records, not the one it read when the session started."""
+
+    class Balance:
+        wei = 10 * PRICE
+
+        def available_wei(self, client: str, until: int) -> int:
+            return self.wei
+
+    escrow = Balance()
+    harness.state.escrow = escrow
+    sid = harness.open()
+    assert harness.forward(sid, hidden(), receipt=harness.receipt(sid, 1, amount=8 * PRICE)).status_code == 200
+    harness.state.ledger.mark_paid(harness.client.address, bytes.fromhex(sid[2:]), 8 * PRICE)  # the claimer's work
+    escrow.wei = 2 * PRICE  # what the claim left in escrow
+    assert harness.forward(sid, hidden(), position=1, receipt=harness.receipt(sid, 2, amount=9 * PRICE)).status_code \
+        == 200
+    _error(harness.forward(sid, hidden(), position=2, receipt=harness.receipt(sid, 3, amount=11 * PRICE)), 402,
+           "insufficient_escrow")
