@@ -29,6 +29,7 @@ import torch
 
 from client.hops import HopSession, Payer
 from node.executor import ShardExecutor
+from p2pllm.cli_common import format_eth
 from p2pllm.localnet import LocalNetwork, NodeSpec
 from p2pllm.net import http_client
 from p2pllm.shard import load_shard
@@ -75,9 +76,9 @@ def measure(model: Path, steps: int, workdir: Path) -> tuple[Samples, Samples, l
     local = ShardExecutor(load_shard(model, 0, 1), budget_tokens=4096)
     local_sid = local.open_session(steps + 8).session_id
     local.forward(local_sid, torch.randn(1, 4, HIDDEN), torch.arange(4))
-    credit = f"{CREDIT_TOKENS * PRICE_WEI / 10**18:.18f}"
-    specs = [NodeSpec("A", 0, 1, "0.000000001", 1, ("--threads", "1")),
-             NodeSpec("B", 0, 1, "0.000000001", 3, ("--threads", "1", "--credit", credit))]
+    price, credit = (format_eth(wei).removesuffix(" ETH") for wei in (PRICE_WEI, CREDIT_TOKENS * PRICE_WEI))
+    specs = [NodeSpec("A", 0, 1, price, 1, ("--threads", "1")),
+             NodeSpec("B", 0, 1, price, 3, ("--threads", "1", "--credit", credit))]
     with LocalNetwork(workdir, str(model), specs, log=lambda m: print(m, file=sys.stderr)) as net, \
             http_client() as http:
         client = net.chain(2)

@@ -28,9 +28,6 @@ from node.forward import FORWARD_OPENAPI, PATH_PREFIX, PATH_SUFFIX, ForwardRoute
 
 log = logging.getLogger("p2pnode.app")
 
-__all__ = ["ApiError", "AppState", "create_app"]
-
-
 class OpenSession(BaseModel):
     session_id: str = Field(pattern=SESSION_ID_PATTERN, description="bytes32 hex; the receipts' sessionId")
     client: str = Field(pattern=ADDRESS_PATTERN, description="the client's address (receipt signer)")

@@ -14,7 +14,7 @@ from typing import Protocol
 
 from eth_utils import to_checksum_address
 
-from p2pllm.receipts import EscrowDomain, Receipt, ReceiptSignatureError, recover_signer_bytes
+from p2pllm.receipts import EscrowDomain, Receipt, ReceiptSignatureError, address_word, recover_signer_bytes
 
 log = logging.getLogger("p2pnode.payment")
 
@@ -98,24 +98,18 @@ class CachedEscrowView:
         now = self._clock()
         with self._lock:
             entry = self._cache.get(key)
-            usable = entry is not None and now - entry.read_at <= self._max_stale_s
-            refresh = usable and entry is not None and now - entry.read_at > self._ttl_s \
-                and key not in self._refreshing
+            age = None if entry is None else now - entry.read_at
+            refresh = age is not None and self._ttl_s < age <= self._max_stale_s and key not in self._refreshing
             if refresh:
                 self._refreshing.add(key)
-        if not usable:
+        if entry is None or now - entry.read_at > self._max_stale_s:
             entry = self._read(client)
         elif refresh:
             threading.Thread(target=self._refresh, args=(client,), name="escrow-refresh", daemon=True).start()
-        assert entry is not None
         # Funds whose thaw completes before the receipt's deadline may leave before the node claims.
         if entry.thaw_ready_at and entry.thaw_ready_at <= until:
             return max(entry.balance_wei - entry.thaw_wei, 0)
         return entry.balance_wei
-
-    def forget(self, client: str) -> None:
-        with self._lock:
-            self._cache.pop(client.lower(), None)
 
     def _read(self, client: str) -> _EscrowEntry:
         read_at = self._clock()
@@ -170,7 +164,7 @@ def check_receipt(
             signer = recover_signer_bytes(receipt, terms.domain, signature)
         except ReceiptSignatureError as exc:
             raise PaymentError("bad_signature", reason=exc.reason) from exc
-        if signer.hex() != client[2:].lower():
+        if signer != address_word(client)[12:]:
             raise PaymentError("bad_signature", reason="not signed by the session's client for this node, chain "
                                "and escrow", recovered=to_checksum_address(signer))
     if deadline < now + terms.min_deadline_margin_s or deadline > now + terms.max_receipt_validity_s:

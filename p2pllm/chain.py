@@ -22,7 +22,7 @@ from web3.exceptions import ContractCustomError, ContractLogicError, TimeExhaust
 
 from p2pllm.compile import EVM_VERSION, Artifact, load_artifacts
 from p2pllm.net import KeepAlive
-from p2pllm.receipts import EscrowDomain, Receipt
+from p2pllm.receipts import EscrowDomain, Receipt, address_word
 
 DEFAULT_PAGE = 200
 GAS_HEADROOM = 1.25
@@ -121,10 +121,6 @@ def _error_selectors(artifacts: dict[str, Artifact]) -> dict[bytes, tuple[str, l
 
 _BALANCE_OF = keccak(text="balanceOf(address)")[:4]
 _THAW_OF = keccak(text="thawOf(address)")[:4]
-
-
-def _address_arg(address: str) -> bytes:
-    return bytes(12) + bytes.fromhex(to_checksum_address(address)[2:])
 
 
 class Chain:
@@ -299,10 +295,10 @@ class Chain:
         return [int(args["paid"]) if name == "Claimed" else 0 for name, args in outcomes], result
 
     def escrow_balance(self, client: str) -> int:
-        return int.from_bytes(self._eth_call(self._escrow().address, _BALANCE_OF + _address_arg(client))[:32], "big")
+        return int.from_bytes(self._eth_call(self._escrow().address, _BALANCE_OF + address_word(client))[:32], "big")
 
     def thaw_of(self, client: str) -> Thaw:
-        data = self._eth_call(self._escrow().address, _THAW_OF + _address_arg(client))
+        data = self._eth_call(self._escrow().address, _THAW_OF + address_word(client))
         if len(data) != 64:
             raise ChainError(f"thawOf returned {len(data)} bytes, expected 64")
         return Thaw(int.from_bytes(data[:32], "big"), int.from_bytes(data[32:], "big"))

@@ -56,7 +56,7 @@ class EscrowDomain:
 
     @property
     def separator(self) -> bytes:
-        return _domain_separator(self.chain_id, self.escrow.lower())
+        return _domain_separator(self.chain_id, self.escrow)
 
 
 @dataclass(frozen=True)
@@ -88,19 +88,21 @@ class Receipt:
 
 
 @lru_cache(maxsize=1024)
-def _address_word(address: str) -> bytes:
-    """A validated hex address as its 32-byte ABI word (left-padded)."""
+def address_word(address: str) -> bytes:
+    """A 0x-hex address (any case) as its 32-byte ABI word, left-padded; ValueError if it is not one."""
+    if not _ADDRESS_RE.match(address):
+        raise ValueError(f"not a 0x-prefixed 20-byte hex address: {address!r}")
     return bytes(12) + bytes.fromhex(address[2:])
 
 
 @lru_cache(maxsize=64)
 def _domain_separator(chain_id: int, escrow: str) -> bytes:
     return keccak256(keccak256(DOMAIN_TYPE.encode()) + keccak256(DOMAIN_NAME.encode())
-                     + keccak256(DOMAIN_VERSION.encode()) + chain_id.to_bytes(32, "big") + _address_word(escrow))
+                     + keccak256(DOMAIN_VERSION.encode()) + chain_id.to_bytes(32, "big") + address_word(escrow))
 
 
 def receipt_struct_hash(receipt: Receipt) -> bytes:
-    return keccak256(RECEIPT_TYPEHASH + _address_word(receipt.client.lower()) + _address_word(receipt.node.lower())
+    return keccak256(RECEIPT_TYPEHASH + address_word(receipt.client) + address_word(receipt.node)
                      + receipt.session_id + receipt.tokens.to_bytes(32, "big")
                      + receipt.amount_wei.to_bytes(32, "big") + receipt.deadline.to_bytes(32, "big"))
 
@@ -147,14 +149,8 @@ def recover_signer(receipt: Receipt, domain: EscrowDomain, signature: bytes) -> 
     return to_checksum_address(recover_signer_bytes(receipt, domain, signature))
 
 
-def is_signed_by(receipt: Receipt, domain: EscrowDomain, signature: bytes, address: str) -> bool:
-    """Whether `address` signed `receipt` for `domain` with a signature the escrow accepts (no checksum
-    formatting: this runs on every paid hop)."""
+def is_signed_by_client(receipt: Receipt, domain: EscrowDomain, signature: bytes) -> bool:
     try:
-        return recover_signer_bytes(receipt, domain, signature) == _address_word(address.lower())[12:]
+        return recover_signer_bytes(receipt, domain, signature) == address_word(receipt.client)[12:]
     except ReceiptSignatureError:
         return False
-
-
-def is_signed_by_client(receipt: Receipt, domain: EscrowDomain, signature: bytes) -> bool:
-    return is_signed_by(receipt, domain, signature, receipt.client)

@@ -12,20 +12,15 @@ from dataclasses import dataclass, field
 import pytest
 
 from node.payment import CachedEscrowView, EscrowUnavailable
+from p2pllm.chain import Thaw
 
 CLIENT = "0x" + "Ab" * 20
 
 
 @dataclass
-class Thaw:
-    amount_wei: int = 0
-    ready_at: int = 0
-
-
-@dataclass
 class Reader:
     balance: int = 100
-    thaw: Thaw = field(default_factory=Thaw)
+    thaw: Thaw = field(default_factory=lambda: Thaw(0, 0))
     reads: int = 0
     gate: threading.Event | None = None
     fail: bool = False
