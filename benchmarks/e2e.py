@@ -2,18 +2,23 @@
 three node processes on loopback (layers 0–10, 10–20, 20–30, paid per hop on a local anvil), versus local
 `transformers` generation of the same model in the same run.
 
-    python benchmarks/e2e.py [--tokens 64] [--repeats 3] [--threads N]   # prints one JSON line
+    python benchmarks/e2e.py [--tokens 64] [--repeats 5] [--threads N] [--dist-threads 1] [--dist-cpus auto]
+    # prints one JSON line
 
 Payment is real: each node advertises a credit of 16 tokens' worth, so the client signs a cumulative receipt
 every 16 tokens per hop (batched signing; `signing_share` reports its cost) and every request still carries a
 receipt the node verifies and stores.
 
-Fairness: every torch computation gets the same thread count (default: all cores): the local model, each
-node process and the client's head. Only one node computes at a time in a pipeline, so nodes do not compete
-for cores. The local baseline runs in its own process with the environment as given (libgomp's default spin
-policy, the fastest for a single process); nodes and the client let idle OpenMP threads sleep, as `p2pnode`
-and `p2pclient` do. Runs alternate local/distributed, each after a warm-up; medians are reported. EOS is
-ignored on both sides so that both produce exactly `--tokens` tokens, and the sequences are compared.
+Fairness: the local baseline is measured in every configuration the distributed side could be accused of
+denying it, each in its own fresh process, and the ratio is taken against the fastest (`local_configs` lists
+them all): all `--threads` cores, one thread, and one thread pinned to the core the network runs on. The
+distributed side is configured as an operator of one small host would run it: the client and every node use
+`--dist-threads` torch threads and are pinned to the same core (`--dist-cpus`, `p2pnode serve --cpus`). A
+route is a pipeline, so only one of them computes at a time; on one core each hop's hand-off is a switch on
+that CPU rather than a wake-up of another, possibly halted, one. Nodes and the client let idle OpenMP threads
+sleep, as `p2pnode` and `p2pclient` do; the baseline runs with the environment as given. Runs alternate
+baseline/distributed, each after a warm-up; medians are reported. EOS is ignored on both sides so that both
+produce exactly `--tokens` tokens, and the sequences are compared.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from client.inference import GenerationResult, InferenceClient
+from p2pllm.cpus import allowed_cpus, format_cpu_list, parse_cpu_list, pin_process
 from p2pllm.localnet import LocalNetwork, NodeSpec
 from p2pllm.models import resolve_model
 
@@ -52,13 +58,14 @@ def local_generate(model: AutoModelForCausalLM, ids: list[int], tokens: int) -> 
     return out[0, len(ids):].tolist(), time.perf_counter() - started
 
 
-def local_in_subprocess(ids: list[int], tokens: int, threads: int) -> tuple[list[int], float]:
-    """One local generation in a fresh process (the baseline a user of plain transformers gets)."""
+def local_in_subprocess(ids: list[int], tokens: int, threads: int, cpus: frozenset[int]) -> tuple[list[int], float]:
+    """One local generation in a fresh process on `cpus` (the baseline a user of plain transformers gets)."""
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     if "P2PLLM_BASELINE_OMP_WAIT_POLICY" in os.environ:
         env["OMP_WAIT_POLICY"] = os.environ["P2PLLM_BASELINE_OMP_WAIT_POLICY"]
     out = subprocess.run([sys.executable, __file__, "--local-worker", json.dumps(ids), "--tokens", str(tokens),
-                          "--threads", str(threads)], env=env, capture_output=True, text=True, check=True)
+                          "--threads", str(threads), "--worker-cpus", format_cpu_list(cpus)],
+                         env=env, capture_output=True, text=True, check=True)
     data = json.loads(out.stdout.strip().splitlines()[-1])
     return data["token_ids"], data["seconds"]
 
@@ -71,6 +78,15 @@ def local_worker(ids: list[int], tokens: int) -> int:
     return 0
 
 
+def baseline_configs(threads: int, dist_cpus: frozenset[int] | None) -> dict[str, tuple[int, frozenset[int]]]:
+    """name -> (torch threads, CPUs) for every local configuration measured; the fastest is the baseline."""
+    everywhere = allowed_cpus()
+    configs = {f"threads{threads}": (threads, everywhere), "threads1": (1, everywhere)}
+    if dist_cpus is not None and dist_cpus != everywhere:
+        configs[f"threads1_cpus{format_cpu_list(dist_cpus)}"] = (1, dist_cpus)
+    return configs
+
+
 def distributed_generate(client: InferenceClient, ids: list[int], tokens: int) -> GenerationResult:
     result = GenerationResult(len(ids))
     for _ in client.generate(ids, tokens, alpha=0.5, result=result, stop_at_eos=False):
@@ -81,47 +97,72 @@ def distributed_generate(client: InferenceClient, ids: list[int], tokens: int) -
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="torch threads of the multi-threaded local baseline (default: all cores)")
+    parser.add_argument("--dist-threads", type=int, default=1, help="torch threads of each node and the client")
+    parser.add_argument("--dist-cpus", default="auto",
+                        help="CPU list the client and every node are pinned to: auto (the last allowed CPU), "
+                             "none (no pinning), or a list such as 1 or 0-1")
     parser.add_argument("--local-worker", metavar="PROMPT_IDS_JSON", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-cpus", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
     if args.local_worker:
+        pin_process(parse_cpu_list(args.worker_cpus))
+        torch.set_num_threads(args.threads)
         return local_worker(json.loads(args.local_worker), args.tokens)
+    dist_cpus = (None if args.dist_cpus == "none" else
+                 frozenset({max(allowed_cpus())}) if args.dist_cpus == "auto" else parse_cpu_list(args.dist_cpus))
+    configs = baseline_configs(args.threads, dist_cpus)
     source = resolve_model("smollm2-135m")
     third = source.num_layers // 3
     credit = ("--credit", "0.000016")  # 16 tokens' worth: the client signs one receipt per 16 tokens per hop
     specs = [NodeSpec("A", 0, third, "0.000001", 1, credit), NodeSpec("B", third, 2 * third, "0.000001", 2, credit),
              NodeSpec("C", 2 * third, source.num_layers, "0.000001", 3, credit)]
-    local_s, dist_s, ttft_s, signing = [], [], [], []
-    matched = True
+    local_s: dict[str, list[float]] = {name: [] for name in configs}
+    dist_s, ttft_s, signing = [], [], []
+    matched, reference = True, None
     with tempfile.TemporaryDirectory() as tmp, LocalNetwork(Path(tmp), str(source.path), specs,
                                                              log=lambda m: print(m, file=sys.stderr),
-                                                             node_threads=args.threads) as net:
+                                                             node_threads=args.dist_threads,
+                                                             node_cpus=format_cpu_list(dist_cpus) if dist_cpus else None
+                                                             ) as net:
+        if dist_cpus is not None:
+            pin_process(dist_cpus)  # the client; each baseline worker sets its own CPUs
         chain = net.chain(CLIENT_ACCOUNT)
         chain.deposit(10**17)
-        client = InferenceClient(chain, str(source.path), threads=args.threads)
+        client = InferenceClient(chain, str(source.path), threads=args.dist_threads)
         ids = client.prompt_ids(PROMPT, chat=True)
         distributed_generate(client, ids, 4)  # warm-up: connections, first-call allocations
-        for _ in range(args.repeats):
-            want, seconds = local_in_subprocess(ids, args.tokens, args.threads)
-            local_s.append(seconds)
+        for repeat in range(args.repeats):
+            for name, (threads, cpus) in configs.items():
+                want, seconds = local_in_subprocess(ids, args.tokens, threads, cpus)
+                local_s[name].append(seconds)
+                reference = want if reference is None else reference
+                matched = matched and want == reference
             result = distributed_generate(client, ids, args.tokens)
             dist_s.append(result.total_s)
             ttft_s.append(result.ttft_s)
             signing.append(result.signing_s / result.total_s)
-            matched = matched and result.token_ids == want
+            matched = matched and result.token_ids == reference
+            print(f"repeat {repeat + 1}/{args.repeats}: distributed {result.total_s:.2f} s, local "
+                  + ", ".join(f"{n} {v[-1]:.2f} s" for n, v in local_s.items()),
+                  file=sys.stderr)
         client.close()
-    tps_local = args.tokens / statistics.median(local_s)
+    local_tps = {name: args.tokens / statistics.median(v) for name, v in local_s.items()}
+    best = max(local_tps, key=local_tps.__getitem__)
     tps_dist = args.tokens / statistics.median(dist_s)
     print(json.dumps({
         "tokens_per_s_distributed": round(tps_dist, 2),
-        "tokens_per_s_local": round(tps_local, 2),
-        "ratio": round(tps_dist / tps_local, 3),
+        "tokens_per_s_local": round(local_tps[best], 2),
+        "ratio": round(tps_dist / local_tps[best], 3),
         "ttft_s": round(statistics.median(ttft_s), 3),
         "tokens_match": matched,
         "signing_share": round(statistics.median(signing), 4),
-        "tokens": args.tokens, "prompt_tokens": len(ids), "repeats": args.repeats, "threads": args.threads,
+        "local_baseline": best,
+        "local_configs": {name: round(v, 2) for name, v in local_tps.items()},
+        "tokens": args.tokens, "prompt_tokens": len(ids), "repeats": args.repeats,
+        "dist_threads": args.dist_threads, "dist_cpus": format_cpu_list(dist_cpus) if dist_cpus else "none",
         "nodes": 3, "dtype": "float32", "model": source.name, "target_ratio": 0.85,
     }))
     return 0

@@ -1,12 +1,16 @@
 """Per-hop overhead of serving over HTTP: one decode step at hidden size 576 (SmolLM2's width) through a real
 `p2pnode serve` process on loopback, paid with a receipt, versus the same shard called in-process.
 
-    python benchmarks/hop_overhead.py [--steps 300]     # prints one JSON line
+    python benchmarks/hop_overhead.py [--steps 300] [--cpus auto]     # prints one JSON line
 
 overhead = median(HTTP step: encode + POST + receipt verification + ledger write + decode) − median(in-process
 executor step, interleaved), both on a one-layer Llama of SmolLM2's shape with one torch thread. Also reported:
 the median of (HTTP step − the compute time the node itself reports in Server-Timing for that step).
 Client-side receipt signing is timed separately (`sign_ms_median`) and not part of the overhead.
+
+`--cpus` pins the node processes and this process (client and in-process baseline alike) to the same CPUs, as
+`p2pnode serve --cpus` does for several nodes on one host: auto (default) = the last allowed CPU, none = no
+pinning, or a list such as 0-1.
 
 The headline node gives no credit, so every step carries a newly signed receipt that the node recovers and
 stores (the worst case). A second node, interleaved, advertises a credit of 16 tokens' worth, as the
@@ -30,6 +34,7 @@ import torch
 from client.hops import HopSession, Payer
 from node.executor import ShardExecutor
 from p2pllm.cli_common import format_eth
+from p2pllm.cpus import allowed_cpus, format_cpu_list, parse_cpu_list, pin_process
 from p2pllm.localnet import LocalNetwork, NodeSpec
 from p2pllm.net import http_client
 from p2pllm.shard import load_shard
@@ -69,7 +74,8 @@ class Samples:
         self.node_compute_ms.append(float(timing["compute"]))
 
 
-def measure(model: Path, steps: int, workdir: Path) -> tuple[Samples, Samples, list[float]]:
+def measure(model: Path, steps: int, workdir: Path, cpus: frozenset[int] | None
+            ) -> tuple[Samples, Samples, list[float]]:
     """Interleaved: one paid HTTP decode step through each node process, then one in-process step of the same
     shard here, so machine noise hits all alike. Returns (node without credit, node with credit, in-process
     ms)."""
@@ -79,8 +85,8 @@ def measure(model: Path, steps: int, workdir: Path) -> tuple[Samples, Samples, l
     price, credit = (format_eth(wei).removesuffix(" ETH") for wei in (PRICE_WEI, CREDIT_TOKENS * PRICE_WEI))
     specs = [NodeSpec("A", 0, 1, price, 1, ("--threads", "1")),
              NodeSpec("B", 0, 1, price, 3, ("--threads", "1", "--credit", credit))]
-    with LocalNetwork(workdir, str(model), specs, log=lambda m: print(m, file=sys.stderr)) as net, \
-            http_client() as http:
+    with LocalNetwork(workdir, str(model), specs, log=lambda m: print(m, file=sys.stderr),
+                      node_cpus=format_cpu_list(cpus) if cpus else None) as net, http_client() as http:
         client = net.chain(2)
         client.deposit(10**18)
         payer = Payer(client.address, bytes(client.account.key), client.escrow_domain())
@@ -108,12 +114,17 @@ def measure(model: Path, steps: int, workdir: Path) -> tuple[Samples, Samples, l
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--cpus", default="auto", help="auto (the last allowed CPU), none, or a CPU list")
     args = parser.parse_args(argv)
+    cpus = (None if args.cpus == "none" else
+            frozenset({max(allowed_cpus())}) if args.cpus == "auto" else parse_cpu_list(args.cpus))
+    if cpus is not None:
+        pin_process(cpus)
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         model = make_model(workdir / "model")
-        strict, credited, local_ms = measure(model, args.steps, workdir)
+        strict, credited, local_ms = measure(model, args.steps, workdir, cpus)
     local_median = statistics.median(local_ms)
 
     def vs_node(samples: Samples) -> float:
@@ -128,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         "sign_ms_median": round(statistics.median(strict.sign_ms), 3),
         "overhead_ms_median_credit16": round(statistics.median(credited.http_ms) - local_median, 3),
         "overhead_ms_median_credit16_vs_node_compute": vs_node(credited),
-        "hidden_size": HIDDEN, "steps": args.steps, "threads": 1, "target_ms": 2.0,
+        "hidden_size": HIDDEN, "steps": args.steps, "threads": 1,
+        "cpus": format_cpu_list(cpus) if cpus else "none", "target_ms": 2.0,
     }))
     return 0
 

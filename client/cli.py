@@ -42,10 +42,12 @@ from p2pllm.cli_common import (
     add_chain_options,
     connect,
     format_eth,
+    parse_cpus,
     parse_eth,
     print_json,
     print_table,
 )
+from p2pllm.cpus import pin_process
 from p2pllm.keys import KeyError_, KeySource, create_keystore, import_keystore, load_account
 from p2pllm.models import DEFAULT_MODEL
 
@@ -122,6 +124,8 @@ def _add_model_options(parser: argparse.ArgumentParser, threads: bool = False) -
                         help="precision; only nodes running the same dtype are used (default float32)")
     if threads:
         parser.add_argument("--threads", type=int, help="torch CPU threads for the local embeddings and LM head")
+        parser.add_argument("--cpus", type=parse_cpus, metavar="LIST",
+                            help="run only on these CPUs (e.g. 0 or 0-3,6), as the nodes' --cpus")
 
 
 def _add_generation_options(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:
@@ -475,6 +479,8 @@ def inference_client(args: argparse.Namespace) -> Iterator[InferenceClient]:
     """A funded `InferenceClient` for the command's chain, model and key; closed afterwards."""
     from client.inference import InferenceClient
 
+    if args.cpus:
+        pin_process(args.cpus)
     client = InferenceClient(connect(args), args.model, args.dtype, threads=args.threads)
     try:
         yield client

@@ -25,6 +25,7 @@ from p2pllm.cli_common import (
     add_chain_options,
     connect,
     format_eth,
+    parse_cpus,
     parse_eth,
     print_json,
     print_table,
@@ -88,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--claim-max-age", type=float, default=300.0, help="or once a receipt is this old (s)")
     serve.add_argument("--claim-interval", type=float, default=5.0, help="how often to check (s)")
     serve.add_argument("--threads", type=int, help="torch CPU threads")
+    serve.add_argument("--cpus", type=parse_cpus, metavar="LIST",
+                       help="run only on these CPUs (e.g. 0 or 0-3,6); several nodes and a client on one small "
+                            "host serve a route fastest all on one core (see README)")
     serve.add_argument("--advertise-compute-ms", type=float, metavar="MS_PER_LAYER",
                        help="compute time per layer to advertise in /info (default: measured at start-up)")
     serve.add_argument("--no-register", dest="register", action="store_false",
@@ -166,6 +170,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=args.host, port=args.port, public_url=args.endpoint, device=args.device, dtype=args.dtype,
         data_dir=args.data_dir, budget_tokens=args.budget_tokens, max_session_length=args.max_session_length,
         credit_wei=args.credit, ledger_sync=args.ledger_sync, register=args.register, threads=args.threads,
+        cpus=args.cpus,
         auto_price=auto, advertised_compute_ms_per_layer=args.advertise_compute_ms,
         claim=ClaimPolicy(min_batch_wei=args.claim_min, max_age_s=args.claim_max_age, interval_s=args.claim_interval),
     )

@@ -27,6 +27,7 @@ from node.ledger import Ledger
 from node.metrics import Metrics
 from node.payment import CachedEscrowView, Terms
 from p2pllm.chain import Chain, Offer
+from p2pllm.cpus import format_cpu_list, pin_process
 from p2pllm.model_id import model_id
 from p2pllm.models import resolve_model
 from p2pllm.shard import Shard, load_shard
@@ -56,6 +57,7 @@ class ServeSettings:
     register: bool = True
     claim: ClaimPolicy = field(default_factory=ClaimPolicy)
     threads: int | None = None
+    cpus: frozenset[int] | None = None
     advertised_compute_ms_per_layer: float | None = None
     auto_price: Any = None  # node.pricing_agent.AutoPriceSettings, when --auto-price is on
 
@@ -130,6 +132,9 @@ def _loop(stop: threading.Event, interval_s: float, what: str, action: Callable[
 
 def serve(settings: ServeSettings, chain: Chain) -> int:
     """Run a node until SIGINT/SIGTERM; returns the process exit code."""
+    if settings.cpus:
+        pin_process(settings.cpus)
+        say(f"running on CPUs {format_cpu_list(settings.cpus)}")
     if settings.threads:
         torch.set_num_threads(settings.threads)
     say(f"resolving model {settings.model} ...")

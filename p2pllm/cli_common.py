@@ -14,6 +14,7 @@ from typing import Any
 
 from p2pllm.chain import Chain, Deployment
 from p2pllm.compile import REPO_ROOT
+from p2pllm.cpus import CpuListError, parse_cpu_list
 from p2pllm.keys import KeySource, load_account
 
 WEI_PER_ETH = 10**18
@@ -22,6 +23,18 @@ DEFAULT_KEY_ENV = "P2PLLM_PRIVATE_KEY"  # used when no key option is given
 
 class CliError(Exception):
     """A user-facing error: printed as one line, exit code 1."""
+
+
+def parse_cpus(text: str) -> frozenset[int]:
+    """argparse type for ``--cpus``: a Linux CPU list of CPUs this machine has (``0``, ``0-3,6``)."""
+    try:
+        cpus = parse_cpu_list(text)
+    except CpuListError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    count = os.cpu_count() or 1
+    if max(cpus) >= count:
+        raise argparse.ArgumentTypeError(f"this machine has {count} CPUs (0-{count - 1}); got {text!r}")
+    return cpus
 
 
 def add_chain_options(parser: argparse.ArgumentParser, needs_key: bool = True) -> None:

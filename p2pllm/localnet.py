@@ -72,12 +72,14 @@ class LocalNetwork:
     """`with LocalNetwork(workdir, model, specs) as net:` anvil + contracts + node processes."""
 
     def __init__(self, workdir: Path, model: str, specs: Sequence[NodeSpec], log: Log = print,
-                 node_threads: int | None = None, start_timeout_s: float = 300.0) -> None:
+                 node_threads: int | None = None, start_timeout_s: float = 300.0,
+                 node_cpus: str | None = None) -> None:
         self.workdir = Path(workdir)
         self.model = model
         self.specs = list(specs)
         self.log = log
         self.node_threads = node_threads
+        self.node_cpus = node_cpus
         self.start_timeout_s = start_timeout_s
         self.anvil = Anvil()
         self.deployment: Deployment | None = None
@@ -131,7 +133,8 @@ class LocalNetwork:
                "--price", spec.price_eth, "--model", self.model, "--port", "0",
                "--deployment", str(self.deployment_file), "--dev-account", str(spec.dev_account),
                "--data-dir", str(self.workdir / f"node-{spec.name}"), "--claim-interval", "3600",
-               *(["--threads", str(self.node_threads)] if self.node_threads else []), *spec.extra_args]
+               *(["--threads", str(self.node_threads)] if self.node_threads else []),
+               *(["--cpus", self.node_cpus] if self.node_cpus else []), *spec.extra_args]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                    start_new_session=True)  # Ctrl-C reaches us, we stop the nodes in order

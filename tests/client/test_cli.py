@@ -75,6 +75,8 @@ def test_help_everywhere(command: str, capsys: pytest.CaptureFixture[str]) -> No
     (["generate", "hi", "--top-p", "0"], "top-p must be in (0, 1]"),
     (["generate", "hi", "--temperature", "-1"], "must be >= 0"),
     (["generate", "hi", "--dtype", "int8"], "invalid choice"),
+    (["generate", "hi", "--cpus", "0-"], "bad CPU list item '0-'"),
+    (["chat", "--cpus", "4095"], "this machine has"),
     (["wallet", "new"], "--keystore"),
     (["offers", "--dev-account", "1"], "unrecognized arguments"),  # listing offers needs no key
 ])

@@ -55,8 +55,14 @@ def test_register_serve_pay_claim(dev_chain: DevChain, deployment_file: str, tin
 
     client_chain = dev_chain.as_account(CLIENT_ACCOUNT)
     client_chain.deposit(10**17)
-    node = start_node(_serve_args(tiny_llama_source, deployment_file, tmp_path / "node"), cwd=tmp_path)
+    cpu = max(os.sched_getaffinity(0))
+    node = start_node(_serve_args(tiny_llama_source, deployment_file, tmp_path / "node", ("--cpus", str(cpu))),
+                      cwd=tmp_path)
     try:
+        # --cpus pinned every thread of the node, including those torch and uvicorn started after it
+        threads = os.listdir(f"/proc/{node.process.pid}/task")
+        assert len(threads) > 1 and all(os.sched_getaffinity(int(t)) == {cpu} for t in threads)
+        assert f"running on CPUs {cpu}" in "".join(node.lines)
         with httpx.Client(timeout=30) as http:
             info = http.get(f"{node.endpoint}/info").json()
             assert (info["layer_start"], info["layer_end"], info["offer_id"]) == (0, 8, 2)
