@@ -10,20 +10,22 @@ every 16 tokens per hop (batched signing; `signing_share` reports its cost) and 
 receipt the node verifies and stores.
 
 Fairness: the local baseline is measured in every configuration the distributed side could be accused of
-denying it, each in its own fresh process, and the ratio is taken against the fastest (`local_configs` lists
-them all): all `--threads` cores, one thread, and one thread pinned to the core the network runs on. The
-distributed side is configured as an operator of one small host would run it: the client and every node use
-`--dist-threads` torch threads and are pinned to the same core (`--dist-cpus`, `p2pnode serve --cpus`). A
-route is a pipeline, so only one of them computes at a time; on one core each hop's hand-off is a switch on
-that CPU rather than a wake-up of another, possibly halted, one. Nodes and the client let idle OpenMP threads
-sleep, as `p2pnode` and `p2pclient` do; the baseline runs with the environment as given. Runs alternate
-baseline/distributed, each after a warm-up; medians are reported. EOS is ignored on both sides so that both
-produce exactly `--tokens` tokens, and the sequences are compared.
+denying it, each in its own process (model loaded once and warmed up, as the nodes are), and the ratio is
+taken against the fastest (`local_configs` lists them all): all `--threads` cores, one thread, and one
+thread pinned to the core the network runs on. The distributed side is configured as an operator of one
+small host would run it: the client and every node use `--dist-threads` torch threads and are pinned to the
+same core (`--dist-cpus`, `p2pnode serve --cpus`). A route is a pipeline, so only one of them computes at a
+time; on one core each hop's hand-off is a switch on that CPU rather than a wake-up of another, possibly
+halted, one. Nodes and the client let idle OpenMP threads sleep, as `p2pnode` and `p2pclient` do; the
+baseline runs with the environment as given. Runs alternate baseline/distributed, each after a warm-up;
+medians are reported. EOS is ignored on both sides so that both produce exactly `--tokens` tokens, and the
+sequences are compared.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -58,23 +60,51 @@ def local_generate(model: AutoModelForCausalLM, ids: list[int], tokens: int) -> 
     return out[0, len(ids):].tolist(), time.perf_counter() - started
 
 
-def local_in_subprocess(ids: list[int], tokens: int, threads: int, cpus: frozenset[int]) -> tuple[list[int], float]:
-    """One local generation in a fresh process on `cpus` (the baseline a user of plain transformers gets)."""
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    if "P2PLLM_BASELINE_OMP_WAIT_POLICY" in os.environ:
-        env["OMP_WAIT_POLICY"] = os.environ["P2PLLM_BASELINE_OMP_WAIT_POLICY"]
-    out = subprocess.run([sys.executable, __file__, "--local-worker", json.dumps(ids), "--tokens", str(tokens),
-                          "--threads", str(threads), "--worker-cpus", format_cpu_list(cpus)],
-                         env=env, capture_output=True, text=True, check=True)
-    data = json.loads(out.stdout.strip().splitlines()[-1])
-    return data["token_ids"], data["seconds"]
+class LocalWorker:
+    """A process of its own holding the plain `transformers` model (the baseline a user of plain transformers
+    gets), on `cpus` with `threads` torch threads, warmed up once; `generate()` times one generation in it."""
+
+    def __init__(self, ids: list[int], tokens: int, threads: int, cpus: frozenset[int]) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+        if "P2PLLM_BASELINE_OMP_WAIT_POLICY" in os.environ:
+            env["OMP_WAIT_POLICY"] = os.environ["P2PLLM_BASELINE_OMP_WAIT_POLICY"]
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, "--local-worker", json.dumps(ids), "--tokens", str(tokens),
+             "--threads", str(threads), "--worker-cpus", format_cpu_list(cpus)],
+            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self._read()  # loaded and warmed up
+
+    def generate(self) -> tuple[list[int], float]:
+        assert self.process.stdin is not None
+        self.process.stdin.write("run\n")
+        self.process.stdin.flush()
+        data = self._read()
+        return data["token_ids"], data["seconds"]
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def _read(self) -> dict:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"local baseline worker exited with {self.process.wait()}")
+        return json.loads(line)
 
 
 def local_worker(ids: list[int], tokens: int) -> int:
     model = AutoModelForCausalLM.from_pretrained(resolve_model("smollm2-135m").path, dtype=torch.float32).eval()
     local_generate(model, ids, 4)  # warm-up, as the distributed side gets
-    token_ids, seconds = local_generate(model, ids, tokens)
-    print(json.dumps({"token_ids": token_ids, "seconds": seconds}))
+    print(json.dumps({"ready": True}), flush=True)
+    for _ in sys.stdin:
+        token_ids, seconds = local_generate(model, ids, tokens)
+        print(json.dumps({"token_ids": token_ids, "seconds": seconds}), flush=True)
     return 0
 
 
@@ -122,21 +152,27 @@ def main(argv: list[str] | None = None) -> int:
     local_s: dict[str, list[float]] = {name: [] for name in configs}
     dist_s, ttft_s, signing = [], [], []
     matched, reference = True, None
-    with tempfile.TemporaryDirectory() as tmp, LocalNetwork(Path(tmp), str(source.path), specs,
-                                                             log=lambda m: print(m, file=sys.stderr),
-                                                             node_threads=args.dist_threads,
-                                                             node_cpus=format_cpu_list(dist_cpus) if dist_cpus else None
-                                                             ) as net:
-        if dist_cpus is not None:
-            pin_process(dist_cpus)  # the client; each baseline worker sets its own CPUs
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory())
+        net = stack.enter_context(LocalNetwork(Path(tmp), str(source.path), specs,
+                                               log=lambda m: print(m, file=sys.stderr), node_threads=args.dist_threads,
+                                               node_cpus=format_cpu_list(dist_cpus) if dist_cpus else None))
         chain = net.chain(CLIENT_ACCOUNT)
         chain.deposit(10**17)
         client = InferenceClient(chain, str(source.path), threads=args.dist_threads)
+        stack.callback(client.close)
         ids = client.prompt_ids(PROMPT, chat=True)
+        workers = {}
+        for name, (threads, cpus) in configs.items():
+            print(f"loading the local baseline {name} ...", file=sys.stderr)
+            workers[name] = LocalWorker(ids, args.tokens, threads, cpus)
+            stack.callback(workers[name].close)
+        if dist_cpus is not None:
+            pin_process(dist_cpus)  # the client (after starting the workers, which set their own CPUs)
         distributed_generate(client, ids, 4)  # warm-up: connections, first-call allocations
         for repeat in range(args.repeats):
-            for name, (threads, cpus) in configs.items():
-                want, seconds = local_in_subprocess(ids, args.tokens, threads, cpus)
+            for name, worker in workers.items():
+                want, seconds = worker.generate()
                 local_s[name].append(seconds)
                 reference = want if reference is None else reference
                 matched = matched and want == reference
@@ -148,7 +184,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"repeat {repeat + 1}/{args.repeats}: distributed {result.total_s:.2f} s, local "
                   + ", ".join(f"{n} {v[-1]:.2f} s" for n, v in local_s.items()),
                   file=sys.stderr)
-        client.close()
     local_tps = {name: args.tokens / statistics.median(v) for name, v in local_s.items()}
     best = max(local_tps, key=local_tps.__getitem__)
     tps_dist = args.tokens / statistics.median(dist_s)
