@@ -154,6 +154,9 @@ def serve(settings: ServeSettings, chain: Chain) -> int:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((settings.host, settings.port))
+    # Listen now, not when uvicorn starts: a client that reads READY (below) and connects at once must be
+    # queued in the backlog, not refused (seen in CI on a loaded machine).
+    sock.listen(2048)
     port = sock.getsockname()[1]
     endpoint = settings.public_url or f"http://{settings.host}:{port}"
 
