@@ -44,7 +44,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from client.inference import GenerationResult, InferenceClient
-from p2pllm.cpus import allowed_cpus, format_cpu_list, parse_cpu_list, pin_process
+from p2pllm.cpus import allowed_cpus, format_cpu_list, parse_cpu_list, parse_cpu_option, pin_process
 from p2pllm.localnet import LocalNetwork, NodeSpec
 from p2pllm.models import resolve_model
 
@@ -141,8 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         pin_process(parse_cpu_list(args.worker_cpus))
         torch.set_num_threads(args.threads)
         return local_worker(json.loads(args.local_worker), args.tokens)
-    dist_cpus = (None if args.dist_cpus == "none" else
-                 frozenset({max(allowed_cpus())}) if args.dist_cpus == "auto" else parse_cpu_list(args.dist_cpus))
+    dist_cpus = parse_cpu_option(args.dist_cpus)
     configs = baseline_configs(args.threads, dist_cpus)
     source = resolve_model("smollm2-135m")
     third = source.num_layers // 3

@@ -34,7 +34,7 @@ import torch
 from client.hops import HopSession, Payer
 from node.executor import ShardExecutor
 from p2pllm.cli_common import format_eth
-from p2pllm.cpus import allowed_cpus, format_cpu_list, parse_cpu_list, pin_process
+from p2pllm.cpus import format_cpu_list, parse_cpu_option, pin_process
 from p2pllm.localnet import LocalNetwork, NodeSpec
 from p2pllm.net import http_client
 from p2pllm.shard import load_shard
@@ -116,8 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--cpus", default="auto", help="auto (the last allowed CPU), none, or a CPU list")
     args = parser.parse_args(argv)
-    cpus = (None if args.cpus == "none" else
-            frozenset({max(allowed_cpus())}) if args.cpus == "auto" else parse_cpu_list(args.cpus))
+    cpus = parse_cpu_option(args.cpus)
     if cpus is not None:
         pin_process(cpus)
     torch.set_num_threads(1)

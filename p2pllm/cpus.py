@@ -50,6 +50,16 @@ def format_cpu_list(cpus: frozenset[int] | set[int]) -> str:
     return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs)
 
 
+def parse_cpu_option(text: str) -> frozenset[int] | None:
+    """A benchmark's ``--cpus``: ``auto`` = the last CPU this process may use, ``none`` = no pinning (None),
+    otherwise a CPU list."""
+    if text == "none":
+        return None
+    if text == "auto":
+        return frozenset({max(allowed_cpus())})
+    return parse_cpu_list(text)
+
+
 def allowed_cpus() -> frozenset[int]:
     """The CPUs this process runs on now (its affinity)."""
     return frozenset(os.sched_getaffinity(0))

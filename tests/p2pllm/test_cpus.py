@@ -11,7 +11,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from p2pllm.cpus import CpuListError, allowed_cpus, format_cpu_list, parse_cpu_list, pin_process
+from p2pllm.cpus import (
+    CpuListError,
+    allowed_cpus,
+    format_cpu_list,
+    parse_cpu_list,
+    parse_cpu_option,
+    pin_process,
+)
 
 
 @pytest.mark.parametrize(("text", "cpus"), [
@@ -38,6 +45,14 @@ def test_parse_cpu_list(text: str, cpus: set[int]) -> None:
 def test_parse_cpu_list_rejects(text: str, message: str) -> None:
     with pytest.raises(CpuListError, match=message.replace("(", r"\(")):
         parse_cpu_list(text)
+
+
+def test_parse_cpu_option() -> None:
+    assert parse_cpu_option("none") is None
+    assert parse_cpu_option("auto") == {max(os.sched_getaffinity(0))}
+    assert parse_cpu_option("0-1") == {0, 1}
+    with pytest.raises(CpuListError):
+        parse_cpu_option("automatic")
 
 
 def test_format_cpu_list() -> None:
