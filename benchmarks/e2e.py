@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = stack.enter_context(tempfile.TemporaryDirectory())
         net = stack.enter_context(LocalNetwork(Path(tmp), str(source.path), specs,
                                                log=lambda m: print(m, file=sys.stderr), node_threads=args.dist_threads,
-                                               node_cpus=format_cpu_list(dist_cpus) if dist_cpus else None))
+                                               node_cpus=dist_cpus))
         chain = net.chain(CLIENT_ACCOUNT)
         chain.deposit(10**17)
         client = InferenceClient(chain, str(source.path), threads=args.dist_threads)

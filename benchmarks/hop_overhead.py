@@ -86,7 +86,7 @@ def measure(model: Path, steps: int, workdir: Path, cpus: frozenset[int] | None
     specs = [NodeSpec("A", 0, 1, price, 1, ("--threads", "1")),
              NodeSpec("B", 0, 1, price, 3, ("--threads", "1", "--credit", credit))]
     with LocalNetwork(workdir, str(model), specs, log=lambda m: print(m, file=sys.stderr),
-                      node_cpus=format_cpu_list(cpus) if cpus else None) as net, http_client() as http:
+                      node_cpus=cpus) as net, http_client() as http:
         client = net.chain(2)
         client.deposit(10**18)
         payer = Payer(client.address, bytes(client.account.key), client.escrow_domain())

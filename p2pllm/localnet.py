@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from p2pllm.chain import Chain, Deployment
+from p2pllm.cpus import format_cpu_list
 from p2pllm.devnet import Anvil
 from p2pllm.keys import dev_account
 
@@ -73,7 +74,7 @@ class LocalNetwork:
 
     def __init__(self, workdir: Path, model: str, specs: Sequence[NodeSpec], log: Log = print,
                  node_threads: int | None = None, start_timeout_s: float = 300.0,
-                 node_cpus: str | None = None) -> None:
+                 node_cpus: frozenset[int] | None = None) -> None:
         self.workdir = Path(workdir)
         self.model = model
         self.specs = list(specs)
@@ -134,7 +135,7 @@ class LocalNetwork:
                "--deployment", str(self.deployment_file), "--dev-account", str(spec.dev_account),
                "--data-dir", str(self.workdir / f"node-{spec.name}"), "--claim-interval", "3600",
                *(["--threads", str(self.node_threads)] if self.node_threads else []),
-               *(["--cpus", self.node_cpus] if self.node_cpus else []), *spec.extra_args]
+               *(["--cpus", format_cpu_list(self.node_cpus)] if self.node_cpus else []), *spec.extra_args]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                    start_new_session=True)  # Ctrl-C reaches us, we stop the nodes in order
