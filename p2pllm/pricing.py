@@ -568,7 +568,8 @@ class NodeDemand:
         return (shares * (1.0 - slope * p[..., None] * complements)).mean(axis=-1)
 
     def best_response(self) -> float:
-        """The revenue-maximizing price on [floor, ceiling] (global, ties to the lower price).
+        """The revenue-maximizing price on [floor, ceiling] (global; among revenues equal to within 1e-12, a
+        stationary point, else the lower price).
 
         α = 0: the share does not depend on price, so revenue rises to the ceiling. Otherwise each layer's
         own optimum p_k* = (1 + W(e^{−1 − (1−α)c/T − log Z_k}))/a, a = α/T (Lambert W), brackets every
@@ -581,12 +582,17 @@ class NodeDemand:
         slope = self.rules.alpha / self.rules.temperature
         optima = (1.0 + _lambert_w_of_exp(self._log_w_argument())) / slope
         left, right = max(low, float(optima.min())), min(high, float(optima.max()))
-        candidates = [low, high]
+        candidates, maxima = [low, high], []
         if left <= right:
-            candidates += [left, right, *self._local_maxima(left, right, slope)]
+            maxima = self._local_maxima(left, right, slope)
+            candidates += [left, right, *maxima]
         revenues = self.revenue(np.array(candidates))
-        best = float(revenues.max())
-        return min(c for c, r in zip(candidates, revenues, strict=True) if r == best)
+        # Revenues within rounding of the best tie. Where revenue is this flat, a bracket end can round to as much
+        # as the stationary point between them, or an ulp more; the stationary point is the answer (it satisfies
+        # the first-order condition), else the lowest tied price.
+        tied = [c for c, near in zip(candidates, np.isclose(revenues, revenues.max(), rtol=1e-12, atol=0.0),
+                                     strict=True) if near]
+        return min([c for c in tied if c in maxima] or tied)
 
     def _exponent(self, price: npt.ArrayLike) -> FloatArray:
         p = np.asarray(price, dtype=np.float64)

@@ -243,3 +243,15 @@ def test_edgeworth_cycle_literal() -> None:
     local = gradient_equilibrium(market, learning_rate=2.0)  # the gradient dynamic settles locally ...
     assert local.converged
     assert max_unilateral_gain(market, local.prices) > 0.1  # ... where a jump would still pay
+
+
+def test_flat_revenue_best_response_is_the_stationary_point_not_a_bracket_end() -> None:
+    # Found by hypothesis: node 1's revenue is so flat near its optimum that the bracket end 8.6e-8 below the
+    # root rounds to the same (or an ulp more) revenue. Taking it stalled Gauss–Seidel 8.6e-8 off the KKT point.
+    rules = PricingRules(alpha=0.125, temperature=0.3125, outside_weight=0.0, price_ceiling=10.0)
+    market = Market([(0, 2), (0, 2), (1, 2)], [0.0, 2.0, 3.0], rules, 2)
+    result = solve_equilibrium(market)
+    assert result.converged
+    assert np.all(market.foc_residuals(result.prices) <= 1e-12)
+    demand = market.demand(1, result.prices)
+    assert abs(float(demand.gradient(demand.best_response()))) <= 1e-14
