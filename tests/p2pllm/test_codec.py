@@ -61,6 +61,27 @@ def test_decoded_tensor_owns_its_memory() -> None:
     assert out.tolist() == [1.0, 1.0, 1.0, 1.0]
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_read_only_payloads_decode_to_writable_tensors_without_warnings(dtype: torch.dtype) -> None:
+    import warnings
+
+    data = bytes(encode(torch.ones(2, 3, dtype=dtype)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns when it wraps a non-writable numpy array
+        for source in (data, memoryview(data)):
+            out = decode(source)
+            out += 1  # raises if the tensor shares a read-only buffer
+            assert out.dtype == dtype and torch.equal(out, torch.full((2, 3), 2, dtype=dtype))
+
+
+def test_tensors_that_require_grad_or_come_from_inference_mode_encode() -> None:
+    leaf = torch.ones(3, requires_grad=True)
+    with torch.inference_mode():
+        inference = torch.full((3,), 2.0)
+    assert decode(encode(leaf * 2)).tolist() == [2.0, 2.0, 2.0]
+    assert decode(encode(inference)).tolist() == [2.0, 2.0, 2.0]
+
+
 # ------------------------------------------------------------------------------------- error cases
 
 
