@@ -1,11 +1,12 @@
 """EIP-712 payment receipts: the typed-data digest, signing and signer recovery, byte-for-byte the
-PaymentEscrow contract's. Pure crypto (keccak from pycryptodome, secp256k1 from coincurve); knows nothing
+PaymentEscrow contract's. Pure crypto (keccak from safe-pysha3, secp256k1 from coincurve); knows nothing
 about web3 or HTTP.
 
 Every receipt field is a static ABI type, so the struct encoding is six fixed 32-byte words after the type
 hash; it is packed here directly (tests cross-check it against eth-account's general EIP-712 encoder).
-Signing and recovery call libsecp256k1 through coincurve: a receipt is signed or checked on every paid hop,
-so this is on the per-token path of both client and node."""
+Signing and recovery call libsecp256k1 through coincurve, and keccak is pysha3's C implementation (a third of
+pycryptodome's per-call cost, which is mostly its ctypes wrapper): a receipt is signed or checked on every
+paid hop, so this is on the per-token path of both client and node."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import coincurve
-from Crypto.Hash import keccak as _keccak
+import sha3
 from eth_utils import to_checksum_address
 
 RECEIPT_TYPE = "Receipt(address client,address node,bytes32 sessionId,uint64 tokens,uint256 amount,uint64 deadline)"
@@ -27,7 +28,7 @@ _ADDRESS_RE = re.compile(r"^0x[0-9a-fA-F]{40}$")
 
 
 def keccak256(data: bytes) -> bytes:
-    return _keccak.new(digest_bits=256, data=data).digest()
+    return sha3.keccak_256(data).digest()
 
 
 RECEIPT_TYPEHASH = keccak256(RECEIPT_TYPE.encode())
