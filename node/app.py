@@ -1,7 +1,8 @@
 """The node's HTTP API (FastAPI), built by `create_app` from already-constructed parts; no import-time state.
 Routes validate, delegate (executor, payment policy, ledger) and serialize; every error becomes a 4xx/503
 with `{"error": code, "detail": ...}` (codes and statuses in `node.api`). The per-token route,
-`POST /sessions/{id}/forward`, lives in `node.forward` and is installed here as a middleware."""
+`POST /sessions/{id}/forward`, lives in `node.forward`: the ASGI app `create_app` returns is that route in front
+of the FastAPI app, so a forward call meets none of FastAPI's own middleware layers."""
 
 from __future__ import annotations
 
@@ -58,12 +59,12 @@ def _json_error(status: int, code: str, detail: Any, headers: dict[str, str] | N
     return Response(error_body(code, detail), status, headers=headers, media_type="application/json")
 
 
-def create_app(state: AppState) -> FastAPI:
-    """The node's FastAPI app over `state`."""
+def create_app(state: AppState) -> ForwardRoute:
+    """The node's ASGI app over `state`: the forward route, passing everything else to the FastAPI app
+    (`.app`), whose OpenAPI schema documents both."""
     app = FastAPI(title="P2P-LLM node", version="0.1.0",
                   description="Serves a layer range of a transformer for per-token payment receipts.")
     app.state.node = state
-    app.add_middleware(ForwardRoute, state=state)
     plain_openapi = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -139,4 +140,4 @@ def create_app(state: AppState) -> FastAPI:
                 state.accepted.pop(sid, None)
         return Response(status_code=204)
 
-    return app
+    return ForwardRoute(app, state)

@@ -1,10 +1,10 @@
 """The per-token hot path, `POST /sessions/{session_id}/forward`: parse, charge, compute, answer.
 
 `_forward` is the whole request logic (session, wire codec, receipt and payment policy, shard, durable
-ledger write) and knows nothing of HTTP beyond `ApiError`. `ForwardRoute` serves it as a bare ASGI
-middleware in front of the FastAPI app: FastAPI's per-request machinery (routing, parameter validation,
-dependency solving, response classes) costs about 0.1 ms a hop, a real share of a decode step's overhead,
-so this one route validates its few inputs by hand and writes the ASGI messages itself. `FORWARD_OPENAPI`
+ledger write) and knows nothing of HTTP beyond `ApiError`. `ForwardRoute` serves it as a bare ASGI app
+in front of the FastAPI app: FastAPI's per-request machinery (its middleware stack, routing, parameter
+validation, dependency solving, response classes) costs about 0.1 ms a hop, a real share of a decode step's
+overhead, so this one route validates its few inputs by hand and writes the ASGI messages itself. `FORWARD_OPENAPI`
 documents it in the app's OpenAPI schema exactly as the other routes are."""
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ INLINE_MAX_TOKENS = 8
 
 
 class ForwardRoute:
-    """ASGI middleware: answers `POST /sessions/{id}/forward` itself and passes everything else on."""
+    """ASGI app: answers `POST /sessions/{id}/forward` itself and passes everything else to `app`."""
 
     def __init__(self, app: ASGIApp, state: AppState) -> None:
         self.app = app
