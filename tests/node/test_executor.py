@@ -333,3 +333,41 @@ def test_concurrent_opens_never_overcommit_the_budget(llama_shards: tuple[Shard,
         t.join()
     assert len(opened) == 7 and len(refused) == 13
     assert ex.in_use_tokens == 49
+
+
+# ------------------------------------------------------------------------------------------------ GPU
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_bfloat16_hops_through_the_wire_codec_match_transformers(tiny_llama_source: ModelSource) -> None:
+    """A node on CUDA in bf16, as `p2pnode serve --device cuda --dtype bfloat16` runs it: every hop's input
+    arrives through the wire codec as a CPU tensor and its output leaves through it, as bytes."""
+    from p2pllm import codec
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_source.path, dtype=torch.bfloat16).to("cuda").eval()
+    with torch.inference_mode():
+        expected = model.generate(
+            torch.tensor([PROMPT], device="cuda"),
+            attention_mask=torch.ones(1, len(PROMPT), dtype=torch.long, device="cuda"),
+            do_sample=False, max_new_tokens=16, eos_token_id=None, pad_token_id=0,
+        )[0, len(PROMPT) :].tolist()
+    head = load_head(tiny_llama_source, device="cuda", dtype="bfloat16")
+    executors = [ShardExecutor(load_shard(tiny_llama_source, a, b, device="cuda", dtype="bfloat16"), budget_tokens=100)
+                 for a, b in ((0, 3), (3, 8))]
+    sessions = [ex.open_session(len(PROMPT) + 16).session_id for ex in executors]
+    ids, start, out = torch.tensor([PROMPT], device="cuda"), 0, []
+    with torch.inference_mode():
+        while len(out) < 16:
+            wire = codec.encode(head.embed(ids))
+            for ex, sid in zip(executors, sessions, strict=True):
+                x = codec.decode(wire, expected_dtype=torch.bfloat16, expected_trailing_dim=HIDDEN)
+                assert x.device.type == "cpu"
+                y = ex.forward(sid, x, positions(start, ids.shape[1]))
+                assert y.device.type == "cuda" and y.dtype == torch.bfloat16
+                wire = codec.encode(y)
+            h = codec.decode(wire, expected_dtype=torch.bfloat16).to("cuda")
+            out.append(int(head.logits(h[:, -1:])[0, -1].argmax()))
+            start += ids.shape[1]
+            ids = torch.tensor([[out[-1]]], device="cuda")
+    assert out == expected
