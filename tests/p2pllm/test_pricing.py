@@ -288,11 +288,14 @@ def test_coinciding_ranges_reduce_to_the_paper(
     with np.errstate(divide="ignore"):
         foc = t / (alpha * others)
     assert np.allclose(market.foc_prices(p), foc, rtol=1e-9)
-    # foc_price(P) takes P itself, so its 1 − P carries a relative error of about eps/(1 − P); where
+    # foc_price(P) takes P itself, so its 1 − P carries P's rounding error divided by 1 − P. P = e^{−w/T}/Z
+    # is off by a few eps times the largest |w|/T (exp turns the logit's rounding into a relative error); where
     # 1 − P is below 1e-12 (P rounds to, or next to, 1.0) only the Market's own form is meaningful
     resolvable = others > 1e-12
     paper_foc = np.array([foc_price(s, alpha, t) for s in paper_shares])
-    cancellation = 1e-15 / np.where(resolvable, others, 1.0)
+    weights = np.abs([*node_weights(p, c, alpha), *([] if outside is None else [outside])])
+    p_error = 16 * np.finfo(float).eps * (1.0 + weights.max() / t)
+    cancellation = p_error / np.where(resolvable, others, 1.0)
     assert np.allclose(paper_foc[resolvable], foc[resolvable], rtol=1e-9 + cancellation[resolvable])
 
 
