@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 import torch
@@ -64,10 +64,14 @@ def positions(start: int, count: int) -> torch.Tensor:
     return torch.arange(start, start + count)
 
 
+Hop = Callable[[ShardExecutor, str, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 def generate_through(
-    executors: Sequence[ShardExecutor], head: Head, prompt: Sequence[int], new_tokens: int
+    executors: Sequence[ShardExecutor], head: Head, prompt: Sequence[int], new_tokens: int,
+    hop: Hop = lambda ex, sid, h, pos: ex.forward(sid, h, pos),
 ) -> list[int]:
-    """Greedy decoding where every hop is an executor session, as a node would serve it."""
+    """Greedy decoding where every hop is an executor session, as a node would serve it; `hop` runs one."""
     sessions = [ex.open_session(len(prompt) + new_tokens).session_id for ex in executors]
     ids = torch.tensor([list(prompt)])
     start, out = 0, []
@@ -75,7 +79,7 @@ def generate_through(
         while len(out) < new_tokens:
             h = head.embed(ids)
             for ex, sid in zip(executors, sessions, strict=True):
-                h = ex.forward(sid, h, positions(start, ids.shape[1]))
+                h = hop(ex, sid, h, positions(start, ids.shape[1]))
             token = int(head.logits(h[:, -1:])[0, -1].argmax())
             out.append(token)
             start += ids.shape[1]
@@ -355,19 +359,13 @@ def test_cuda_bfloat16_hops_through_the_wire_codec_match_transformers(tiny_llama
     head = load_head(tiny_llama_source, device="cuda", dtype="bfloat16")
     executors = [ShardExecutor(load_shard(tiny_llama_source, a, b, device="cuda", dtype="bfloat16"), budget_tokens=100)
                  for a, b in ((0, 3), (3, 8))]
-    sessions = [ex.open_session(len(PROMPT) + 16).session_id for ex in executors]
-    ids, start, out = torch.tensor([PROMPT], device="cuda"), 0, []
-    with torch.inference_mode():
-        while len(out) < 16:
-            wire = codec.encode(head.embed(ids))
-            for ex, sid in zip(executors, sessions, strict=True):
-                x = codec.decode(wire, expected_dtype=torch.bfloat16, expected_trailing_dim=HIDDEN)
-                assert x.device.type == "cpu"
-                y = ex.forward(sid, x, positions(start, ids.shape[1]))
-                assert y.device.type == "cuda" and y.dtype == torch.bfloat16
-                wire = codec.encode(y)
-            h = codec.decode(wire, expected_dtype=torch.bfloat16).to("cuda")
-            out.append(int(head.logits(h[:, -1:])[0, -1].argmax()))
-            start += ids.shape[1]
-            ids = torch.tensor([[out[-1]]], device="cuda")
-    assert out == expected
+
+    def over_the_wire(ex: ShardExecutor, sid: str, h: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        x = codec.decode(codec.encode(h), expected_dtype=torch.bfloat16, expected_trailing_dim=HIDDEN)
+        assert x.device.type == "cpu"
+        y = ex.forward(sid, x, pos)
+        assert y.device.type == "cuda" and y.dtype == torch.bfloat16
+        assert torch.equal(codec.decode(codec.encode(y), expected_dtype=torch.bfloat16).to("cuda"), y)
+        return y
+
+    assert generate_through(executors, head, PROMPT, 16, over_the_wire) == expected
