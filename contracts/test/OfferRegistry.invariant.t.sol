@@ -4,91 +4,236 @@ pragma solidity 0.8.30;
 import {Test} from "./utils/Test.sol";
 import {OfferRegistry} from "../src/OfferRegistry.sol";
 
-/// @notice Random register / update / heartbeat / remove by a few nodes and by strangers, with ghosts.
+/// @notice Random owner actions, stranger prunes and tampering, time and a paging reader, with ghosts of every offer.
 contract RegistryHandler is Test {
+    uint256 public constant NODES = 3;
+    uint256 public constant MODELS = 2;
+    address public constant STRANGER = address(0xBAD);
+
     OfferRegistry public immutable registry;
-    bytes32 public constant MODEL = keccak256("model");
-    address[3] public nodes = [address(0x1001), address(0x1002), address(0x1003)];
-    uint256[] public liveIds;
+    uint64 public immutable ttl;
+    bytes32[MODELS] public models = [keccak256("model"), keccak256("other")];
+    address[NODES] public nodes = [address(0x1001), address(0x1002), address(0x1003)];
+
+    /// @dev The registered offers (live, or expired and not pruned), in no particular order.
+    uint256[] public ids;
     mapping(uint256 offerId => address) public ghostOwner;
     mapping(uint256 offerId => uint256) public ghostPrice;
-    uint256 public strangerChanges;
+    mapping(uint256 offerId => uint256) public ghostModel;
+    mapping(uint256 offerId => uint64) public ghostExpiry;
+    mapping(uint256 model => uint256) public ghostCount;
+
+    // The paging reader: one pass at a time over one model.
+    bool internal passActive;
+    uint256 internal passModel;
+    uint256 internal passCursor;
+    uint256 public passNumber;
+    uint256 public passesCompleted;
+    uint256[] internal passStart;
+    mapping(uint256 offerId => uint256 pass) internal seenInPass;
+    mapping(uint256 offerId => uint256 pass) internal notLiveInPass;
+
+    // violations the invariants assert never happened
+    bool public strangerChanged;
+    bool public prunedTooEarly;
+    bool public pruneMissed;
+    bool public pruneCountWrong;
+    bool public pagerDuplicate;
+    bool public pagerStale;
+    bool public pagerMissed;
 
     constructor(OfferRegistry registry_) {
         registry = registry_;
+        ttl = registry_.offerTtl();
     }
 
-    function liveCount() external view returns (uint256) {
-        return liveIds.length;
+    modifier observed() {
+        _;
+        _markNotLive();
     }
 
-    function register(uint256 who, uint16 start, uint16 len, uint256 price) external {
-        address node = nodes[who % 3];
-        if (registry.offerCount(node) == registry.MAX_OFFERS_PER_NODE()) return;
-        start = uint16(bound(start, 0, 100));
-        len = uint16(bound(len, 1, 30));
-        vm.prank(node);
-        uint256 id = registry.register(MODEL, start, start + len, price, "http://n");
-        liveIds.push(id);
-        ghostOwner[id] = node;
-        ghostPrice[id] = price;
+    function idCount() external view returns (uint256) {
+        return ids.length;
     }
 
-    function updatePrice(uint256 pick, uint256 price) external {
-        if (liveIds.length == 0) return;
-        uint256 id = liveIds[pick % liveIds.length];
+    function register(uint256 who, uint256 model, uint16 start, uint16 len, uint256 price) external observed {
+        _register(who, model, start, len, price);
+    }
+
+    /// Several offers at once, from rotating nodes: keeps the lists long enough for paging and pruning to matter.
+    function registerMany(uint256 seed, uint256 count) external observed {
+        count = bound(count, 1, 8);
+        for (uint256 i; i < count; ++i) {
+            uint256 s = uint256(keccak256(abi.encode(seed, i)));
+            _register(s, s >> 8, uint16(s >> 16), uint16(s >> 32), s >> 48);
+        }
+    }
+
+    function updatePrice(uint256 pick, uint256 price) external observed {
+        if (ids.length == 0) return;
+        uint256 id = ids[pick % ids.length];
         vm.prank(ghostOwner[id]);
         registry.updatePrice(id, price);
         ghostPrice[id] = price;
     }
 
-    function heartbeat(uint256 pick) external {
-        if (liveIds.length == 0) return;
-        uint256 id = liveIds[pick % liveIds.length];
+    function heartbeat(uint256 pick) external observed {
+        if (ids.length == 0) return;
+        uint256 id = ids[pick % ids.length];
         vm.prank(ghostOwner[id]);
         registry.heartbeat(id);
+        ghostExpiry[id] = uint64(_now()) + ttl;
     }
 
-    function remove(uint256 pick) external {
-        if (liveIds.length == 0) return;
-        uint256 index = pick % liveIds.length;
-        uint256 id = liveIds[index];
+    function remove(uint256 pick) external observed {
+        if (ids.length == 0) return;
+        uint256 index = pick % ids.length;
+        uint256 id = ids[index];
         vm.prank(ghostOwner[id]);
         registry.remove(id);
-        liveIds[index] = liveIds[liveIds.length - 1];
-        liveIds.pop();
+        _forget(index);
     }
 
-    /// A stranger tries to change someone's offer; success is recorded and must never happen.
-    function strangerUpdate(uint256 pick, uint256 price) external {
-        if (liveIds.length == 0) return;
-        uint256 id = liveIds[pick % liveIds.length];
-        vm.prank(address(0xBAD));
+    /// A stranger tries to reprice, heartbeat and remove someone's offer; any success is recorded.
+    function strangerTamper(uint256 pick, uint256 price) external observed {
+        if (ids.length == 0) return;
+        uint256 id = ids[pick % ids.length];
+        vm.startPrank(STRANGER);
         try registry.updatePrice(id, price) {
-            strangerChanges++;
+            strangerChanged = true;
         } catch {}
-        vm.prank(address(0xBAD));
+        try registry.heartbeat(id) {
+            strangerChanged = true;
+        } catch {}
         try registry.remove(id) {
-            strangerChanges++;
+            strangerChanged = true;
         } catch {}
+        vm.stopPrank();
     }
 
-    function warp(uint256 secondsAhead) external {
-        vm.warp(block.timestamp + bound(secondsAhead, 1, 1 hours));
+    /// A stranger prunes a model from its head or from the reader's cursor, `limit` entries.
+    function prune(uint256 model, uint256 fromReader, uint256 limit) external observed {
+        model %= MODELS;
+        limit = bound(limit, 1, 12);
+        uint256 cursor;
+        if (fromReader % 2 == 0 && passActive && passModel == model) cursor = passCursor;
+        vm.prank(STRANGER);
+        (uint256 pruned, uint256 next) = registry.prune(models[model], cursor, limit);
+        uint256 gone;
+        for (uint256 i = ids.length; i > 0; --i) {
+            uint256 id = ids[i - 1];
+            if (ghostModel[id] != model) continue;
+            bool exists;
+            try registry.getOffer(id) {
+                exists = true;
+            } catch {}
+            bool prunable = uint256(ghostExpiry[id]) + registry.PRUNE_DELAY() < _now();
+            if (!exists) {
+                if (!prunable) prunedTooEarly = true;
+                _forget(i - 1);
+                ++gone;
+            } else if (prunable && cursor == 0 && next == 0) {
+                pruneMissed = true; // a scan of the whole list left a prunable offer behind
+            }
+        }
+        if (gone != pruned) pruneCountWrong = true;
     }
 
+    /// The reader reads one page; a pass starts at cursor 0 and ends when nextCursor is 0. At the end, every
+    /// offer registered at the start, still registered, and live at every step of the pass was seen exactly once.
+    function readPage(uint256 model, uint256 limit) external observed {
+        if (!passActive) {
+            passActive = true;
+            passModel = model % MODELS;
+            passCursor = 0;
+            ++passNumber;
+            delete passStart;
+            for (uint256 i; i < ids.length; ++i) {
+                if (ghostModel[ids[i]] == passModel) passStart.push(ids[i]);
+            }
+            _markNotLive();
+        }
+        (OfferRegistry.OfferView[] memory page, uint256 next) =
+            registry.offersByModel(models[passModel], passCursor, bound(limit, 1, 4));
+        for (uint256 i; i < page.length; ++i) {
+            uint256 id = page[i].offerId;
+            if (seenInPass[id] == passNumber) pagerDuplicate = true;
+            seenInPass[id] = passNumber;
+            if (ghostOwner[id] == address(0) || ghostModel[id] != passModel || ghostExpiry[id] < _now()) {
+                pagerStale = true;
+            }
+        }
+        passCursor = next;
+        if (next == 0) {
+            for (uint256 i; i < passStart.length; ++i) {
+                uint256 id = passStart[i];
+                bool stayed = ghostOwner[id] != address(0) && notLiveInPass[id] != passNumber;
+                if (stayed && seenInPass[id] != passNumber) pagerMissed = true;
+            }
+            passActive = false;
+            ++passesCompleted;
+        }
+    }
+
+    function warp(uint256 secondsAhead) external observed {
+        vm.warp(_now() + bound(secondsAhead, 1, 30 hours));
+    }
+
+    /// @dev Repeated selectors weigh the fuzzer's choice: registrations, prunes and page reads are frequent.
     function selectors() external pure returns (bytes4[] memory out) {
-        out = new bytes4[](6);
+        out = new bytes4[](12);
         out[0] = this.register.selector;
-        out[1] = this.updatePrice.selector;
-        out[2] = this.heartbeat.selector;
-        out[3] = this.remove.selector;
-        out[4] = this.strangerUpdate.selector;
-        out[5] = this.warp.selector;
+        out[1] = this.registerMany.selector;
+        out[2] = this.registerMany.selector;
+        out[3] = this.updatePrice.selector;
+        out[4] = this.heartbeat.selector;
+        out[5] = this.remove.selector;
+        out[6] = this.strangerTamper.selector;
+        out[7] = this.prune.selector;
+        out[8] = this.prune.selector;
+        out[9] = this.readPage.selector;
+        out[10] = this.readPage.selector;
+        out[11] = this.warp.selector;
+    }
+
+    function _register(uint256 who, uint256 model, uint16 start, uint16 len, uint256 price) internal {
+        address node = nodes[who % NODES];
+        if (registry.offerCount(node) == registry.MAX_OFFERS_PER_NODE()) return;
+        model %= MODELS;
+        start = uint16(bound(start, 0, 100));
+        len = uint16(bound(len, 1, 30));
+        vm.prank(node);
+        uint256 id = registry.register(models[model], start, start + len, price, "http://n");
+        ids.push(id);
+        ghostOwner[id] = node;
+        ghostPrice[id] = price;
+        ghostModel[id] = model;
+        ghostExpiry[id] = uint64(_now()) + ttl;
+        ++ghostCount[model];
+    }
+
+    function _forget(uint256 index) internal {
+        uint256 id = ids[index];
+        --ghostCount[ghostModel[id]];
+        delete ghostOwner[id];
+        ids[index] = ids[ids.length - 1];
+        ids.pop();
+    }
+
+    /// @dev Offers of the running pass that are not live now may be skipped by the reader.
+    function _markNotLive() internal {
+        if (!passActive) return;
+        uint256 nowTs = _now();
+        for (uint256 i; i < passStart.length; ++i) {
+            uint256 id = passStart[i];
+            if (ghostExpiry[id] < nowTs) notLiveInPass[id] = passNumber;
+        }
     }
 }
 
-/// @notice Invariants of the registry under random sequences of the handler's actions.
+/// @notice Invariants of the registry under random handler actions; the handler never reverts, so any revert fails.
+/// forge-config: default.invariant.fail-on-revert = true
+/// forge-config: deep.invariant.fail-on-revert = true
 contract OfferRegistryInvariantTest is Test {
     OfferRegistry internal registry;
     RegistryHandler internal handler;
@@ -101,32 +246,83 @@ contract OfferRegistryInvariantTest is Test {
         targetSelector(FuzzSelector(address(handler), handler.selectors()));
     }
 
-    function invariant_modelListMatchesLiveOffers() public view {
-        uint256 n = handler.liveCount();
-        assertEq(registry.offerCountByModel(handler.MODEL()), n, "model list length");
+    function invariant_listLengthsMatchCountsAndGhosts() public view {
+        uint256 listed;
+        for (uint256 m; m < handler.MODELS(); ++m) {
+            uint256 length = registry.offerCountByModel(handler.models(m));
+            assertEq(length, handler.ghostCount(m), "model list length != ghost count");
+            listed += length;
+        }
         uint256 perNode;
-        for (uint256 i; i < 3; ++i) perNode += registry.offerCount(handler.nodes(i));
-        assertEq(perNode, n, "sum of per-node counts");
-        for (uint256 i; i < n; ++i) {
-            uint256 id = handler.liveIds(i);
+        for (uint256 i; i < handler.NODES(); ++i) {
+            uint256 count = registry.offerCount(handler.nodes(i));
+            assertLe(count, registry.MAX_OFFERS_PER_NODE(), "cap");
+            perNode += count;
+        }
+        assertEq(perNode, listed, "sum of per-node counts != sum of list lengths");
+        assertEq(handler.idCount(), listed, "ghost offers != listed offers");
+    }
+
+    function invariant_offersMatchGhostsAndStrangersChangeNothing() public view {
+        assertFalse(handler.strangerChanged(), "a stranger changed an offer");
+        assertFalse(handler.prunedTooEarly(), "an offer was pruned before expiresAt + PRUNE_DELAY");
+        assertFalse(handler.pruneMissed(), "a full prune scan left a prunable offer");
+        assertFalse(handler.pruneCountWrong(), "prune's count != offers removed");
+        for (uint256 i; i < handler.idCount(); ++i) {
+            uint256 id = handler.ids(i);
             OfferRegistry.OfferView memory o = registry.getOffer(id);
             assertEq(o.node, handler.ghostOwner(id), "owner");
             assertEq(o.pricePerToken, handler.ghostPrice(id), "price");
+            assertEq(o.expiresAt, handler.ghostExpiry(id), "expiry");
+            assertEq(o.modelId, handler.models(handler.ghostModel(id)), "model");
             assertTrue(o.layerStart < o.layerEnd, "non-empty range");
         }
     }
 
-    function invariant_capAndOwnership() public view {
-        for (uint256 i; i < 3; ++i) {
-            assertLe(registry.offerCount(handler.nodes(i)), registry.MAX_OFFERS_PER_NODE(), "cap");
+    function invariant_pagesHoldOnlyLiveOffers() public view {
+        for (uint256 m; m < handler.MODELS(); ++m) {
+            (OfferRegistry.OfferView[] memory page,) = registry.offersByModel(handler.models(m), 0, 200);
+            for (uint256 i; i < page.length; ++i) {
+                assertGe(page[i].expiresAt, _now(), "expired offer in page");
+                assertEq(page[i].node, handler.ghostOwner(page[i].offerId), "page offer is registered");
+            }
         }
-        assertEq(handler.strangerChanges(), 0, "a stranger changed an offer");
     }
 
-    function invariant_pagesHoldOnlyLiveOffers() public view {
-        (OfferRegistry.OfferView[] memory page,) = registry.offersByModel(handler.MODEL(), 0, 200);
-        for (uint256 i; i < page.length; ++i) {
-            assertGe(page[i].expiresAt, block.timestamp, "expired offer in page");
+    /// Walking each model's list with pages of 3 scans every listed offer once and returns each live one once, in
+    /// registration order.
+    function invariant_fullWalkVisitsEachLiveOfferOnce() public view {
+        uint256 nowTs = _now();
+        for (uint256 m; m < handler.MODELS(); ++m) {
+            bytes32 model = handler.models(m);
+            uint256 cursor;
+            uint256 last;
+            uint256 seen;
+            uint256 pages;
+            do {
+                OfferRegistry.OfferView[] memory page;
+                (page, cursor) = registry.offersByModel(model, cursor, 3);
+                ++pages;
+                for (uint256 i; i < page.length; ++i) {
+                    assertTrue(page[i].offerId > last, "registration order, each once");
+                    last = page[i].offerId;
+                    ++seen;
+                }
+            } while (cursor != 0);
+            uint256 live;
+            for (uint256 i; i < handler.idCount(); ++i) {
+                uint256 id = handler.ids(i);
+                if (handler.ghostModel(id) == m && handler.ghostExpiry(id) >= nowTs) ++live;
+            }
+            assertEq(seen, live, "walk saw every live offer");
+            uint256 length = registry.offerCountByModel(model);
+            assertEq(pages, length == 0 ? 1 : (length + 2) / 3, "walk scanned each listed offer once");
         }
+    }
+
+    function invariant_readerPassSeesEveryRemainingOfferOnce() public view {
+        assertFalse(handler.pagerDuplicate(), "a pass saw an offer twice");
+        assertFalse(handler.pagerStale(), "a pass saw a removed, expired or foreign offer");
+        assertFalse(handler.pagerMissed(), "a pass missed an offer that stayed registered and live");
     }
 }

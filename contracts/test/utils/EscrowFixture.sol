@@ -1,10 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 pragma solidity 0.8.30;
 
-import {Test} from "./Test.sol";
+import {Test, Vm} from "./Test.sol";
 import {PaymentEscrow} from "../../src/PaymentEscrow.sol";
 
-/// @notice Shared set-up for escrow tests: one escrow, a client key, two nodes, receipt signing.
+/// @notice Shared set-up for escrow tests: one escrow, a client key, two nodes, reservations, receipt signing.
 abstract contract EscrowFixture is Test {
     uint64 internal constant THAW = 2 days;
     uint64 internal constant VALIDITY = 1 days;
@@ -28,8 +28,75 @@ abstract contract EscrowFixture is Test {
         escrow.deposit{value: amount}();
     }
 
+    /// @dev `who` sends `amount` with reserve() and reserves all of it for `node`.
+    function _reserve(address who, address node, uint256 amount) internal {
+        vm.prank(who);
+        escrow.reserve{value: amount}(_list(node), _list(amount));
+    }
+
+    function _list(address a) internal pure returns (address[] memory out) {
+        out = new address[](1);
+        out[0] = a;
+    }
+
+    function _list(address a, address b) internal pure returns (address[] memory out) {
+        out = new address[](2);
+        out[0] = a;
+        out[1] = b;
+    }
+
+    function _list(uint256 a) internal pure returns (uint256[] memory out) {
+        out = new uint256[](1);
+        out[0] = a;
+    }
+
+    function _list(uint256 a, uint256 b) internal pure returns (uint256[] memory out) {
+        out = new uint256[](2);
+        out[0] = a;
+        out[1] = b;
+    }
+
+    function _allocation(address who, address node) internal view returns (uint256 amount) {
+        (amount,,) = escrow.allocationOf(who, node);
+    }
+
     function _receipt(address node, uint256 amount) internal view returns (PaymentEscrow.Receipt memory) {
-        return PaymentEscrow.Receipt(client, node, SESSION, uint64(amount / 1 gwei), amount, uint64(block.timestamp + 1 hours));
+        return PaymentEscrow.Receipt(client, node, SESSION, uint64(amount / 1 gwei), amount, uint64(_now() + 1 hours));
+    }
+
+    function _receiptOf(address who, address node, bytes32 session, uint256 amount)
+        internal
+        view
+        returns (PaymentEscrow.Receipt memory)
+    {
+        return PaymentEscrow.Receipt(who, node, session, uint64(amount / 1 gwei), amount, uint64(_now() + 1 hours));
+    }
+
+    /// @dev How many ClaimRejected(index, client, node, sessionId, reason) events the escrow emitted in `logs`.
+    function _rejections(
+        Vm.Log[] memory logs,
+        uint256 index,
+        address who,
+        address node,
+        bytes32 session,
+        PaymentEscrow.RejectReason reason
+    ) internal view returns (uint256 count) {
+        for (uint256 i; i < logs.length; ++i) {
+            Vm.Log memory log = logs[i];
+            if (log.emitter != address(escrow) || log.topics[0] != PaymentEscrow.ClaimRejected.selector) continue;
+            if (
+                log.topics[1] == bytes32(index) && log.topics[2] == bytes32(uint256(uint160(who)))
+                    && log.topics[3] == bytes32(uint256(uint160(node)))
+                    && keccak256(log.data) == keccak256(abi.encode(session, reason))
+            ) ++count;
+        }
+    }
+
+    /// @dev How many events with topic0 `topic` the escrow emitted in `logs`.
+    function _eventCount(Vm.Log[] memory logs, bytes32 topic) internal view returns (uint256 count) {
+        for (uint256 i; i < logs.length; ++i) {
+            if (logs[i].emitter == address(escrow) && logs[i].topics[0] == topic) ++count;
+        }
     }
 
     function _sign(uint256 key, PaymentEscrow.Receipt memory receipt) internal view returns (bytes memory) {

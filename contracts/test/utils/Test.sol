@@ -3,7 +3,22 @@ pragma solidity 0.8.30;
 
 /// @notice The cheatcodes these tests use, at forge's hevm address (forge-std is not available offline).
 interface Vm {
+    struct Log {
+        bytes32[] topics;
+        bytes data;
+        address emitter;
+    }
+
+    struct Gas {
+        uint64 gasLimit;
+        uint64 gasTotalUsed;
+        uint64 gasMemoryUsed;
+        int64 gasRefunded;
+        uint64 gasRemaining;
+    }
+
     function warp(uint256 timestamp) external;
+    function getBlockTimestamp() external view returns (uint256 timestamp);
     function chainId(uint256 newChainId) external;
     function prank(address sender) external;
     function startPrank(address sender) external;
@@ -16,6 +31,28 @@ interface Vm {
     function expectRevert() external;
     function assume(bool condition) external pure;
     function label(address account, string calldata newLabel) external;
+    function recordLogs() external;
+    function getRecordedLogs() external returns (Log[] memory logs);
+    function expectEmit(bool checkTopic1, bool checkTopic2, bool checkTopic3, bool checkData, address emitter) external;
+    function snapshotState() external returns (uint256 snapshotId);
+    function revertToStateAndDelete(uint256 snapshotId) external returns (bool success);
+    function cool(address target) external;
+    function lastCallGas() external view returns (Gas memory gas);
+}
+
+/// @notice forge's console.log, reached directly at its address (prints with -vv).
+library console {
+    address internal constant CONSOLE = 0x000000000000000000636F6e736F6c652e6c6f67;
+
+    function log(string memory label, uint256 a, uint256 b) internal view {
+        (bool ok,) = CONSOLE.staticcall(abi.encodeWithSignature("log(string,uint256,uint256)", label, a, b));
+        ok;
+    }
+
+    function log(string memory label, uint256 value) internal view {
+        (bool ok,) = CONSOLE.staticcall(abi.encodeWithSignature("log(string,uint256)", label, value));
+        ok;
+    }
 }
 
 /// @notice A minimal test base: cheatcodes, assertions that revert with a message, and the
@@ -47,6 +84,12 @@ abstract contract Test {
         _targetSelectors.push(selector);
     }
 
+    /// @dev The current block.timestamp, read through the cheatcode: via-IR may reuse an earlier read of
+    ///      block.timestamp after vm.warp, since it assumes the timestamp is constant within a transaction.
+    function _now() internal view returns (uint256) {
+        return vm.getBlockTimestamp();
+    }
+
     // ---------------------------------------------------------------- assertions
     function fail(string memory message) internal pure {
         revert(message);
@@ -58,6 +101,10 @@ abstract contract Test {
 
     function assertEq(uint256 a, uint256 b, string memory message) internal pure {
         if (a != b) fail(string.concat(message, ": ", _str(a), " != ", _str(b)));
+    }
+
+    function assertFalse(bool condition, string memory message) internal pure {
+        if (condition) fail(message);
     }
 
     function assertEq(address a, address b, string memory message) internal pure {
@@ -85,9 +132,13 @@ abstract contract Test {
     function _str(uint256 value) private pure returns (string memory) {
         if (value == 0) return "0";
         uint256 digits;
-        for (uint256 v = value; v != 0; v /= 10) digits++;
+        for (uint256 v = value; v != 0; v /= 10) {
+            digits++;
+        }
         bytes memory buffer = new bytes(digits);
-        for (uint256 v = value; v != 0; v /= 10) buffer[--digits] = bytes1(uint8(48 + (v % 10)));
+        for (uint256 v = value; v != 0; v /= 10) {
+            buffer[--digits] = bytes1(uint8(48 + (v % 10)));
+        }
         return string(buffer);
     }
 }
