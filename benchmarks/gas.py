@@ -3,10 +3,12 @@
     python benchmarks/gas.py      # prints one JSON line
 
 Scenario: a node registers its first offer for a model that already has one; it updates the price and
-heartbeats; a client makes its first deposit; the node submits the first receipt of a session
-(`claim_first`), then a later receipt of the same session (`claim_next`); `claim_batch_marginal` is
-(gas of claimBatch of 10 first-claims − gas of claimBatch of 1) / 9. The node submits its own claims,
-as `p2pnode` does.
+heartbeats; a client makes its first deposit into its pool; a second, fresh client reserves for three nodes it
+never used, depositing the sum in the same transaction (`reserve_route_3`, what `p2pclient generate` sends
+before a first generation); the first client reserves for the node, which submits the first receipt of a
+session (`claim_first`), then a later receipt of the same session (`claim_next`); `claim_batch_marginal` is
+(gas of claimBatch of 10 first-claims − gas of claimBatch of 1) / 9. The node submits its own claims, as
+`p2pnode` does. `prune_per_offer` is the gas of pruning 20 long-expired offers (of two owners) in one call, per offer.
 """
 
 from __future__ import annotations
@@ -20,20 +22,24 @@ from p2pllm.devnet import Anvil
 from p2pllm.keys import dev_account
 from p2pllm.receipts import Receipt, sign_receipt
 
-TARGETS = {"claim_first": 80_000, "claim_next": 45_000, "claim_batch_marginal": 35_000, "register": 200_000}
+TARGETS = {"claim_first": 80_000, "claim_next": 52_000, "claim_batch_marginal": 35_000, "register": 200_000,
+           "reserve_route_3": 110_000}
 
 
 def measure() -> dict[str, float]:
     with Anvil() as anvil:
         deployer = Chain.connect(anvil.rpc_url, dev_account(0), expected_chain_id=31337)
         deployment = deployer.deploy_contracts("anvil", anvil.rpc_url, 2 * 86400, 86400, 600)
-        other, node, client = (Chain.connect(anvil.rpc_url, dev_account(i), deployment) for i in (3, 1, 2))
+        other, node, client, fresh = (Chain.connect(anvil.rpc_url, dev_account(i), deployment) for i in (3, 1, 2, 4))
         model = os.urandom(32)
         other.register_offer(model, 0, 10, 10**12, "http://127.0.0.1:9000")
         offer_id, register = node.register_offer(model, 10, 20, 2 * 10**12, "http://127.0.0.1:9001")
         update = node.update_price(offer_id, 3 * 10**12)
         heartbeat = node.heartbeat(offer_id)
         deposit = client.deposit(10**18)
+        hops = [dev_account(i).address for i in (5, 6, 7)]
+        reserve_3 = fresh.reserve(hops, [10**15] * 3, deposit_wei=3 * 10**15)
+        client.reserve([node.address], [10**17])
 
         domain = client.escrow_domain()
         deadline = client.block_timestamp() + 3600
@@ -47,15 +53,27 @@ def measure() -> dict[str, float]:
         _, claim_next = node.claim(*signed(session, 18))
         _, batch_1 = node.claim_batch([signed(os.urandom(32), 5)])
         _, batch_10 = node.claim_batch([signed(os.urandom(32), 5) for _ in range(10)])
+
+        spam_model = os.urandom(32)
+        for spammer in (other, fresh):
+            for _ in range(10):
+                spammer.register_offer(spam_model, 0, 1, 1, "http://127.0.0.1:9")
+        anvil_w3 = other.w3
+        anvil_w3.provider.make_request("evm_increaseTime", [600 + 86400 + 1])
+        anvil_w3.provider.make_request("evm_mine", [])
+        pruned, _, prune = client.prune_offers(spam_model, 0, 20)
+        assert pruned == 20, pruned
         return {
             "register": register.gas_used,
             "update_price": update.gas_used,
             "heartbeat": heartbeat.gas_used,
             "deposit": deposit.gas_used,
+            "reserve_route_3": reserve_3.gas_used,
             "claim_first": claim_first.gas_used,
             "claim_next": claim_next.gas_used,
             "claim_batch_marginal": round((batch_10.gas_used - batch_1.gas_used) / 9),
             "claim_batch_10": batch_10.gas_used,
+            "prune_per_offer": round(prune.gas_used / 20),
         }
 
 

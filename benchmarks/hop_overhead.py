@@ -88,7 +88,7 @@ def measure(model: Path, steps: int, workdir: Path, cpus: frozenset[int] | None
     with LocalNetwork(workdir, str(model), specs, log=lambda m: print(m, file=sys.stderr),
                       node_cpus=cpus) as net, http_client() as http:
         client = net.chain(2)
-        client.deposit(10**18)
+        client.reserve([net.nodes["A"].address, net.nodes["B"].address], [10**17, 10**17], deposit_wei=2 * 10**17)
         payer = Payer(client.address, bytes(client.account.key), client.escrow_domain())
         hops = []
         for name, credit_wei in (("A", 0), ("B", CREDIT_TOKENS * PRICE_WEI)):

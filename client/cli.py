@@ -1,7 +1,8 @@
 """`p2pclient`: the client's command line, `main(argv) -> int` over the client library.
 
     p2pclient wallet new --keystore me.json            # password from $P2PLLM_KEYSTORE_PASSWORD or a prompt
-    p2pclient deposit 0.5 --keystore me.json            # then: balance, withdraw 0.2 | --all | --execute | --cancel
+    p2pclient deposit 0.5 --keystore me.json            # into the escrow pool; then: balance, withdraw 0.2 | --all
+    p2pclient release --all                             # thaw what is reserved for nodes; later: release --execute
     p2pclient offers                                    # every offer for the model, probed: ok or why excluded
     p2pclient routes --alpha 0.3 --plot frontier.png    # the exact price/latency frontier, α's choice marked
     p2pclient generate "Once upon a time" --max-new-tokens 40 --alpha 0.5 --max-price 0.00001
@@ -23,7 +24,6 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +41,9 @@ from p2pllm.cli_common import (
     CliError,
     add_chain_options,
     connect,
+    format_duration,
     format_eth,
+    format_time,
     parse_cpus,
     parse_eth,
     print_json,
@@ -139,6 +141,9 @@ def _add_generation_options(parser: argparse.ArgumentParser, max_new_tokens: int
                         help="sampling temperature; 0 = greedy (default 0)")
     parser.add_argument("--top-p", type=_top_p, default=1.0, help="nucleus sampling mass in (0, 1] (default 1)")
     parser.add_argument("--seed", type=int, help="seed for sampling (reproducible output)")
+    parser.add_argument("--no-deposit", dest="allow_deposit", action="store_false",
+                        help="reserve for the route's nodes only from the escrow pool; by default what the pool "
+                             "lacks is deposited from the wallet in the same transaction")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -165,21 +170,32 @@ def build_parser() -> argparse.ArgumentParser:
     deposit.add_argument("--json", action="store_true", help="machine-readable output")
     add_chain_options(deposit)
 
-    balance = sub.add_parser("balance", help="wallet ETH, escrow and any thawing withdrawal")
+    balance = sub.add_parser("balance", help="wallet ETH, the escrow pool, and what is reserved for each node")
     balance.add_argument("--json", action="store_true", help="machine-readable output")
     add_chain_options(balance)
 
-    withdraw = sub.add_parser("withdraw", help="request, execute or cancel a withdrawal from the escrow",
-                              description="Withdrawing takes two steps: a request starts the thaw (funds stay "
-                                          "claimable by nodes meanwhile), --execute pays out once it is over.")
+    withdraw = sub.add_parser("withdraw", help="send ETH from the escrow pool back to the wallet, at once",
+                              description="The pool holds what is not reserved for any node, so it is withdrawn at "
+                                          "once. Funds reserved for nodes come back to the pool with `release`.")
     what = withdraw.add_mutually_exclusive_group(required=True)
-    what.add_argument("amount", type=parse_eth, nargs="?", metavar="AMOUNT",
-                      help="ETH to start thawing (replaces a pending request and restarts its thaw)")
-    what.add_argument("--all", action="store_true", help="start thawing the whole escrow balance")
-    what.add_argument("--execute", action="store_true", help="pay out the thawed request")
-    what.add_argument("--cancel", action="store_true", help="cancel the pending request")
+    what.add_argument("amount", type=parse_eth, nargs="?", metavar="AMOUNT", help="ETH to withdraw from the pool")
+    what.add_argument("--all", action="store_true", help="withdraw the whole pool")
     withdraw.add_argument("--json", action="store_true", help="machine-readable output")
     add_chain_options(withdraw)
+
+    release = sub.add_parser("release", help="return funds reserved for nodes to the pool (after a thaw)",
+                             description="What is reserved for a node stays claimable by it until a release has "
+                                         "thawed (longer than any receipt stays valid): request one, then "
+                                         "--execute it once the thaw is over; --cancel drops a request. Without "
+                                         "NODE addresses, every node with a reservation is meant.")
+    release.add_argument("nodes", nargs="*", metavar="NODE", help="node addresses (default: all reserved for)")
+    mode = release.add_mutually_exclusive_group()
+    mode.add_argument("--amount", type=parse_eth, metavar="ETH",
+                      help="release only this much from each node (default: all of it)")
+    mode.add_argument("--execute", action="store_true", help="move every thawed release into the pool")
+    mode.add_argument("--cancel", action="store_true", help="drop the pending release requests")
+    release.add_argument("--json", action="store_true", help="machine-readable output")
+    add_chain_options(release)
 
     offers = sub.add_parser("offers", help="the registry's offers for a model, probed: ok or why excluded")
     _add_model_options(offers)
@@ -227,20 +243,6 @@ def short_address(address: str) -> str:
 
 def format_hops(hops: Sequence[Hop]) -> str:
     return " → ".join(f"{short_address(h.node)}[{h.start},{h.end})" for h in hops)
-
-
-def format_duration(seconds: int) -> str:
-    seconds = max(0, int(seconds))
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    parts = [(days, "d"), (hours, "h"), (minutes, "m"), (secs, "s")]
-    text = " ".join(f"{value}{unit}" for value, unit in parts if value)
-    return text or "0s"
-
-
-def format_time(timestamp: int) -> str:
-    return datetime.fromtimestamp(timestamp, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _route_json(route: Route) -> dict[str, Any]:
@@ -310,27 +312,39 @@ def cmd_wallet(args: argparse.Namespace) -> int:
 
 
 def balances(chain: Chain) -> dict[str, Any]:
-    """The account's on-chain position: wallet ETH, escrow (thawing funds included) and the thaw request."""
+    """The account's on-chain position: wallet ETH, the escrow pool, and each allocation with its release."""
     address = chain.address
-    thaw = chain.thaw_of(address)
     now = chain.block_timestamp()
-    requested = thaw.ready_at != 0
-    return {"address": address, "wallet_wei": chain.eth_balance(address), "escrow_wei": chain.escrow_balance(address),
-            "thawing_wei": thaw.amount_wei, "thaw_ready_at": thaw.ready_at if requested else None,
-            "thaw_ready_in_s": max(0, thaw.ready_at - now) if requested else None}
+    allocations = []
+    for node in chain.allocated_nodes(address):
+        allocation = chain.allocation_of(address, node)
+        if allocation.amount_wei or allocation.ready_at:
+            allocations.append({"node": node, "reserved_wei": allocation.amount_wei,
+                                "thawing_wei": min(allocation.thawing_wei, allocation.amount_wei),
+                                "thaw_ready_at": allocation.ready_at or None,
+                                "thaw_ready_in_s": max(0, allocation.ready_at - now) if allocation.ready_at else None})
+    return {"address": address, "wallet_wei": chain.eth_balance(address), "pool_wei": chain.pool_balance(address),
+            "reserved_wei": sum(a["reserved_wei"] for a in allocations), "allocations": allocations}
+
+
+def _thaw_text(allocation: dict[str, Any]) -> str:
+    if allocation["thaw_ready_at"] is None:
+        return "-"
+    if allocation["thaw_ready_in_s"] > 0:
+        return (f"{format_eth(allocation['thawing_wei'])} from {format_time(allocation['thaw_ready_at'])} "
+                f"(in {format_duration(allocation['thaw_ready_in_s'])})")
+    return f"{format_eth(allocation['thawing_wei'])} ready: `p2pclient release --execute`"
 
 
 def print_balances(data: dict[str, Any]) -> None:
-    print(f"address  {data['address']}")
-    print(f"wallet   {format_eth(data['wallet_wei'])}")
-    print(f"escrow   {format_eth(data['escrow_wei'])}")
-    if data["thaw_ready_at"] is None:
-        print("thawing  none")
-    elif data["thaw_ready_in_s"] > 0:
-        print(f"thawing  {format_eth(data['thawing_wei'])} of it; can be withdrawn from "
-              f"{format_time(data['thaw_ready_at'])} (in {format_duration(data['thaw_ready_in_s'])})")
-    else:
-        print(f"thawing  {format_eth(data['thawing_wei'])} of it; ready now: `p2pclient withdraw --execute`")
+    print(f"address   {data['address']}")
+    print(f"wallet    {format_eth(data['wallet_wei'])}")
+    print(f"pool      {format_eth(data['pool_wei'])} (free: withdraw at once, or reserved for nodes as you generate)")
+    print(f"reserved  {format_eth(data['reserved_wei'])} for {len(data['allocations'])} node(s)")
+    if data["allocations"]:
+        print()
+        print_table(["node", "reserved", "release"],
+                    [(a["node"], format_eth(a["reserved_wei"]), _thaw_text(a)) for a in data["allocations"]])
 
 
 def _report(args: argparse.Namespace, chain: Chain, action: str, line: str, tx_hash: str, amount_wei: int) -> None:
@@ -339,7 +353,7 @@ def _report(args: argparse.Namespace, chain: Chain, action: str, line: str, tx_h
         print_json({"action": action, "tx_hash": tx_hash, "amount_wei": amount_wei, **data})
         return
     print(line)
-    print(f"tx       {tx_hash}")
+    print(f"tx        {tx_hash}")
     print_balances(data)
 
 
@@ -348,7 +362,7 @@ def cmd_deposit(args: argparse.Namespace) -> int:
         raise CliError("deposit a positive amount")
     chain = connect(args)
     tx = chain.deposit(args.amount)
-    _report(args, chain, "deposit", f"deposited {format_eth(args.amount)}", tx.tx_hash, args.amount)
+    _report(args, chain, "deposit", f"deposited {format_eth(args.amount)} into the pool", tx.tx_hash, args.amount)
     return 0
 
 
@@ -363,38 +377,64 @@ def cmd_balance(args: argparse.Namespace) -> int:
 
 def cmd_withdraw(args: argparse.Namespace) -> int:
     chain = connect(args)
+    pool = chain.pool_balance(chain.address)
+    amount = pool if args.all else args.amount
+    if amount == 0:
+        raise CliError("the pool is empty (funds reserved for nodes come back with `p2pclient release`)" if args.all
+                       else "withdraw a positive amount")
+    if amount > pool:
+        raise CliError(f"cannot withdraw {format_eth(amount)}: the pool holds {format_eth(pool)} (funds reserved "
+                       "for nodes come back with `p2pclient release`)")
+    tx = chain.withdraw(amount)
+    _report(args, chain, "withdraw", f"withdrew {format_eth(amount)} to the wallet", tx.tx_hash, amount)
+    return 0
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    chain = connect(args)
     address = chain.address
-    thaw = chain.thaw_of(address)
+    chosen = [to_checksum_address(n) for n in args.nodes] if args.nodes else chain.allocated_nodes(address)
+    allocations = {node: chain.allocation_of(address, node) for node in chosen}
     if args.cancel:
-        if thaw.ready_at == 0:
-            raise CliError("no withdrawal request to cancel")
-        tx = chain.cancel_withdraw()
-        _report(args, chain, "cancel", f"cancelled the request for {format_eth(thaw.amount_wei)}", tx.tx_hash,
-                thaw.amount_wei)
+        nodes = [n for n, a in allocations.items() if a.ready_at]
+        if not nodes:
+            raise CliError("no release request to cancel")
+        tx = chain.cancel_release(nodes)
+        _report(args, chain, "cancel", f"cancelled the release requests for {len(nodes)} node(s)", tx.tx_hash, 0)
         return 0
     if args.execute:
-        if thaw.ready_at == 0:
-            raise CliError("no withdrawal requested: run `p2pclient withdraw AMOUNT` (or --all) first")
         now = chain.block_timestamp()
-        if now < thaw.ready_at:
-            raise CliError(f"{format_eth(thaw.amount_wei)} is still thawing: {format_duration(thaw.ready_at - now)} "
-                           f"left (ready at {format_time(thaw.ready_at)})")
-        amount, tx = chain.withdraw()
-        _report(args, chain, "withdraw", f"withdrew {format_eth(amount)} to the wallet", tx.tx_hash, amount)
+        requested = {n: a for n, a in allocations.items() if a.ready_at}
+        if not requested:
+            raise CliError("no release requested: run `p2pclient release` (or with NODE addresses) first")
+        ready = [n for n, a in requested.items() if a.ready_at <= now]
+        if not ready:
+            soonest = min(a.ready_at for a in requested.values())
+            raise CliError(f"still thawing: the first release is ready in {format_duration(soonest - now)} "
+                           f"(at {format_time(soonest)})")
+        amount, tx = chain.release(ready)
+        waiting = len(requested) - len(ready)
+        _report(args, chain, "release", f"moved {format_eth(amount)} from {len(ready)} node(s) into the pool"
+                + (f"; {waiting} still thawing" if waiting else ""), tx.tx_hash, amount)
         return 0
-    escrow = chain.escrow_balance(address)
-    amount = escrow if args.all else args.amount
-    if amount == 0:
-        raise CliError("the escrow is empty" if args.all else "withdraw a positive amount")
-    if amount > escrow:
-        raise CliError(f"cannot withdraw {format_eth(amount)}: the escrow holds {format_eth(escrow)}")
-    if thaw.ready_at != 0:
-        print(f"note: replaces the pending request for {format_eth(thaw.amount_wei)} and restarts the thaw",
-              file=sys.stderr)
-    tx = chain.request_withdraw(amount)
-    ready_at = chain.thaw_of(address).ready_at
-    _report(args, chain, "request", f"requested {format_eth(amount)}; `p2pclient withdraw --execute` from "
-                                    f"{format_time(ready_at)}", tx.tx_hash, amount)
+    if args.amount == 0:
+        raise CliError("release a positive amount")
+    amounts = {n: (a.amount_wei if args.amount is None else args.amount) for n, a in allocations.items()}
+    too_much = [n for n, a in allocations.items() if amounts[n] > a.amount_wei and args.amount is not None]
+    if too_much:
+        raise CliError(f"cannot release {format_eth(args.amount)} from {too_much[0]}: it holds "
+                       f"{format_eth(allocations[too_much[0]].amount_wei)}")
+    nodes = [n for n in chosen if amounts[n] > 0]
+    if not nodes:
+        raise CliError("nothing is reserved for " + ("these nodes" if args.nodes else "any node"))
+    replaced = [n for n in nodes if allocations[n].ready_at]
+    if replaced:
+        print(f"note: replaces {len(replaced)} pending request(s) and restarts their thaw", file=sys.stderr)
+    tx = chain.request_release(nodes, [amounts[n] for n in nodes])
+    ready_at = chain.allocation_of(address, nodes[0]).ready_at
+    total = sum(amounts[n] for n in nodes)
+    _report(args, chain, "request", f"releasing {format_eth(total)} from {len(nodes)} node(s); "
+                                    f"`p2pclient release --execute` from {format_time(ready_at)}", tx.tx_hash, total)
     return 0
 
 
@@ -481,7 +521,8 @@ def inference_client(args: argparse.Namespace) -> Iterator[InferenceClient]:
 
     if args.cpus:
         pin_process(args.cpus)
-    client = InferenceClient(connect(args), args.model, args.dtype, threads=args.threads)
+    client = InferenceClient(connect(args), args.model, args.dtype, threads=args.threads,
+                             allow_deposit=args.allow_deposit)
     try:
         yield client
     finally:
@@ -491,6 +532,7 @@ def inference_client(args: argparse.Namespace) -> Iterator[InferenceClient]:
 @contextmanager
 def generation_errors(client: InferenceClient, alpha: float, result: GenerationResult) -> Iterator[None]:
     """Turn the library's routing, payment and failover errors into one-line `CliError`s."""
+    from client.funding import InsufficientPool
     from client.hops import HopRejected
     from client.session import FailoverExhausted, RouteTooExpensive
 
@@ -501,6 +543,10 @@ def generation_errors(client: InferenceClient, alpha: float, result: GenerationR
     except RouteTooExpensive as exc:
         raise CliError(f"no route within --max-price {format_eth(exc.max_price_wei_per_token)}/token: the best "
                        f"available costs {format_eth(exc.price_wei_per_token)}/token{_spent(result)}") from exc
+    except InsufficientPool as exc:
+        raise CliError(f"the route needs {format_eth(exc.shortfall_wei)} more reserved for its nodes, the escrow "
+                       f"pool holds {format_eth(exc.pool_wei)}: `p2pclient deposit` more, or drop --no-deposit to "
+                       "take it from the wallet") from exc
     except (FailoverExhausted, HopRejected) as exc:
         raise CliError(f"{exc}{_spent(result)}") from exc
 
@@ -549,6 +595,8 @@ def result_json(result: GenerationResult, alpha: float) -> dict[str, Any]:
                   "signed_wei": h.signed_wei, "failed": h.failed, "session_id": "0x" + h.session_id.hex()}
                  for h in result.hops],
         "total_cost_wei": result.total_cost_wei,
+        "reservations": [{"nodes": list(r.nodes), "amounts_wei": list(r.amounts_wei), "deposit_wei": r.deposit_wei,
+                          "tx_hash": r.tx_hash} for r in result.reservations],
         "failovers": [{"node": f.node, "layers": list(f.span), "reason": f.reason,
                        "replacement": [{"offer_id": h.offer_id, "node": h.node, "layers": [h.start, h.end]}
                                        for h in f.replacement],
@@ -568,6 +616,10 @@ def print_summary(result: GenerationResult, out: Any) -> None:
                 [(n, short_address(h.node), f"{h.layers[0]}-{h.layers[1]}", h.offer_id, h.tokens,
                   format_eth(h.price_wei_per_token), format_eth(h.cost_wei), format_eth(h.signed_wei),
                   "failed" if h.failed else "") for n, h in enumerate(result.hops, start=1)], out=out)
+    for r in result.reservations:
+        print(f"reserved  {format_eth(r.total_wei)} for {len(r.nodes)} node(s) in one transaction"
+              + (f", {format_eth(r.deposit_wei)} of it deposited from the wallet" if r.deposit_wei else "")
+              + " (`p2pclient balance` shows it; `release` returns what is left)", file=out)
     for f in result.failovers:
         print(f"failover  {short_address(f.node)} on layers [{f.span[0]},{f.span[1]}) ({f.reason}) → "
               f"{format_hops(f.replacement)}, replayed {f.replayed_tokens} token(s)", file=out)
@@ -654,7 +706,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"wallet": cmd_wallet, "deposit": cmd_deposit, "balance": cmd_balance, "withdraw": cmd_withdraw,
-            "offers": cmd_offers, "routes": cmd_routes, "generate": cmd_generate, "chat": cmd_chat}
+            "release": cmd_release, "offers": cmd_offers, "routes": cmd_routes, "generate": cmd_generate,
+            "chat": cmd_chat}
 
 
 def main(argv: list[str] | None = None) -> int:

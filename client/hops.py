@@ -72,13 +72,25 @@ class HopSession:
     signing_s: float = 0.0
     deadline: int = 0
     last_server_timing: str = ""
+    client_unpaid_wei: int = 0
     _receipt_header: str = ""
     _fast: KeepAlive | None = None
 
     def open(self) -> None:
-        self._request("POST", "/sessions", json={"session_id": "0x" + self.session_id.hex(),
-                                                 "client": self.payer.address, "max_length": self.max_length,
-                                                 "layer_start": self.start, "layer_end": self.end})
+        """Open the session; the node answers, among others, what this client already owes it unpaid."""
+        response = self._request("POST", "/sessions", json={"session_id": "0x" + self.session_id.hex(),
+                                                            "client": self.payer.address,
+                                                            "max_length": self.max_length,
+                                                            "layer_start": self.start, "layer_end": self.end})
+        try:
+            self.client_unpaid_wei = int(response.json().get("client_unpaid_wei", 0))
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise HopFailed(self.node, self.endpoint, f"malformed session answer: {exc}") from exc
+
+    @property
+    def max_cost_wei(self) -> int:
+        """The most this session can cost: every token up to its limit, plus the credit the client signs ahead."""
+        return self.max_length * self.price_wei_per_token + self.credit_wei
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """Send hidden states (1, n, hidden) at the next n positions; returns the node's output."""

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from client.frontier import frontier_units, pareto_frontier
+from client.funding import Funder, Need, Reservation
 from client.hops import HopSession, Payer
 from client.market import Market, discover
 from client.routing import Route, find_route, route_key
@@ -59,6 +60,7 @@ class GenerationResult:
     route: Route | None = None
     hops: list[HopCost] = field(default_factory=list)
     failovers: list[FailoverEvent] = field(default_factory=list)
+    reservations: list[Reservation] = field(default_factory=list)
     ttft_s: float = 0.0
     total_s: float = 0.0
     signing_s: float = 0.0
@@ -94,10 +96,12 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
 
 
 class InferenceClient:
-    """A funded client of one P2P-LLM deployment for one model."""
+    """A funded client of one P2P-LLM deployment for one model. Before a generation uses its route it reserves
+    for every hop what that node may be owed (one transaction, see `client.funding`), from the escrow pool and,
+    with `allow_deposit`, from the wallet for what the pool lacks."""
 
     def __init__(self, chain: Chain, model: str, dtype: str = "float32", receipt_validity_s: int = 3600,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, allow_deposit: bool = True) -> None:
         if chain.account is None:
             raise ValueError("InferenceClient needs a funded key: connect the Chain with an account")
         if threads:
@@ -110,6 +114,8 @@ class InferenceClient:
         _, max_validity = chain.escrow_periods()
         self.payer = Payer(chain.address, bytes(chain.account.key), chain.escrow_domain(),
                            min(receipt_validity_s, max_validity - 60))
+        # Receipts signed late in a long generation reach further; an hour covers that.
+        self.funder = Funder(chain, allow_deposit, self.payer.receipt_validity_s + 3600)
         self.http = http_client(timeout_s=120.0)
         self.banned: dict[str, float] = {}
         self._market: Market | None = None
@@ -164,8 +170,14 @@ class InferenceClient:
         result.prompt_tokens = len(ids)
         generator = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
         route = self.route(alpha, max_price_wei_per_token)
+
+        def fund(hops: Sequence[HopSession]) -> None:
+            reservation = self.funder.ensure([Need(h.node, h.client_unpaid_wei, h.max_cost_wei) for h in hops])
+            if reservation is not None:
+                result.reservations.append(reservation)
+
         session = RouteSession(self.market(), route, self.payer, self.http, len(ids) + max_new_tokens, alpha,
-                               max_price_wei_per_token, banned=self.banned)
+                               max_price_wei_per_token, banned=self.banned, fund=fund)
         started = time.perf_counter()
         session.open()
         try:

@@ -1,16 +1,18 @@
 """A generation's trip through a route of hops, and the one place where retry and reroute live.
 
 `RouteSession.step(hidden)` sends hidden states through every hop in order. Each hop keeps the inputs it was
-sent. When a hop fails (connection error, timeout, 5xx, 503, lost session) its node is banned for a while,
-the span it served is routed again over the remaining offers, the replacement hops are opened, the span's
-stored inputs are replayed to rebuild their caches (the replacements are paid for those tokens, which they
-process), and the step continues. Knows nothing about tokens, sampling or the chain."""
+sent. Hops are funded (`fund`: the client's allocation for each node topped up) once they are open and before
+any of them is sent a token: the opened route, and each replacement span. When a hop fails (connection error,
+timeout, 5xx, 503, lost session) its node is banned for a while, the span it served is routed again over the
+remaining offers, the replacement hops are opened and funded, the span's stored inputs are replayed to rebuild
+their caches (the replacements are paid for those tokens, which they process), and the step continues. Knows
+nothing about tokens, sampling or the chain."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import httpx
@@ -78,6 +80,7 @@ class RouteSession:
     banned: dict[str, float] = field(default_factory=dict)
     ban_s: float = 120.0
     max_failovers: int = 8
+    fund: Callable[[Sequence[HopSession]], None] = lambda hops: None
     clock: Callable[[], float] = time.monotonic
     events: list[FailoverEvent] = field(default_factory=list)
     failures: int = 0
@@ -100,6 +103,7 @@ class RouteSession:
                                         self.alpha)
                 self._check_price(self.route)
                 continue
+            self._fund_or_close(opened)
             self.slots = opened
             return
 
@@ -140,10 +144,11 @@ class RouteSession:
             self._check_price(new_route)
             new_slots: list[_Slot] = []
             try:
-                replay = history
                 for hop in replacement.hops:
-                    slot = _Slot(self._open_hop(hop))
-                    new_slots.append(slot)
+                    new_slots.append(_Slot(self._open_hop(hop)))
+                self._fund_or_close(new_slots)
+                replay = history
+                for slot in new_slots:
                     if replay is not None:
                         slot.inputs.append(replay)
                         replay = slot.hop.forward(replay)
@@ -159,6 +164,14 @@ class RouteSession:
         self.route = new_route
         self.events.append(FailoverEvent(failed.hop.node, span, failure.reason, replacement.hops,
                                          0 if history is None else int(history.shape[1])))
+
+    def _fund_or_close(self, slots: list[_Slot]) -> None:
+        try:
+            self.fund([slot.hop for slot in slots])
+        except BaseException:
+            for slot in slots:
+                slot.hop.close()
+            raise
 
     def _note_failure(self, failure: HopFailed, span: tuple[int, int]) -> None:
         self.failures += 1

@@ -22,6 +22,7 @@ from node.executor import (
     ShardExecutor,
     UnknownSession,
 )
+from node.exposure import Exposure
 from node.ledger import Ledger
 from node.metrics import Metrics
 from node.payment import EscrowView, Terms
@@ -42,11 +43,10 @@ class ApiError(Exception):
 @dataclass(frozen=True)
 class AcceptedReceipt:
     """The newest receipt a session paid with, as its X-Receipt header arrived, once it is stored in the
-    ledger; `paid_wei` is what the escrow had paid for the session when it was read from the ledger."""
+    ledger."""
 
     header: str
     receipt: Receipt
-    paid_wei: int
 
 
 @dataclass
@@ -57,6 +57,7 @@ class AppState:
     ledger: Ledger
     terms: Terms
     escrow: EscrowView
+    exposure: Exposure
     info: dict[str, Any]
     metrics: Metrics
     max_body_bytes: int = 4 * 1024 * 1024
@@ -67,6 +68,9 @@ class AppState:
     clients: dict[str, str] = field(default_factory=dict)
     owed_wei: dict[str, int] = field(default_factory=dict)
     accepted: dict[str, AcceptedReceipt] = field(default_factory=dict)
+    # When each session last made the node read its client's escrow from the chain before refusing it.
+    fresh_escrow_at: dict[str, float] = field(default_factory=dict)
+    fresh_escrow_min_s: float = 1.0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 

@@ -42,6 +42,9 @@ class SessionOpened(BaseModel):
     session_id: str
     max_length: int
     free_tokens: int
+    client_unpaid_wei: str = Field(description="what the client owes this node over all its sessions and the "
+                                   "escrow has not paid yet (decimal wei): the client's allocation for this node "
+                                   "must cover it besides what this session will cost")
 
 
 class ErrorBody(BaseModel):
@@ -124,7 +127,8 @@ def create_app(state: AppState) -> ForwardRoute:
             raise executor_error(exc) from exc
         with state.lock:
             state.clients[sid] = body.client
-        return SessionOpened(session_id=sid, max_length=opened.max_length, free_tokens=state.executor.free_tokens)
+        return SessionOpened(session_id=sid, max_length=opened.max_length, free_tokens=state.executor.free_tokens,
+                             client_unpaid_wei=str(state.exposure.unpaid_wei(body.client)))
 
     @app.delete("/sessions/{session_id}", status_code=204, responses=ERRORS)
     def close_session(session_id: Annotated[str, Path(pattern=SESSION_ID_PATTERN)]) -> Response:
@@ -138,6 +142,7 @@ def create_app(state: AppState) -> ForwardRoute:
                 state.clients.pop(sid, None)
                 state.owed_wei.pop(sid, None)
                 state.accepted.pop(sid, None)
+                state.fresh_escrow_at.pop(sid, None)
         return Response(status_code=204)
 
     return ForwardRoute(app, state)

@@ -18,6 +18,7 @@ log = logging.getLogger("p2pnode.claims")
 
 SubmitBatch = Callable[[Sequence[tuple[Receipt, bytes]]], list[int]]
 PaidFor = Callable[[Receipt], int]
+OnPaid = Callable[[Sequence[tuple[Receipt, int]]], None]
 
 
 @dataclass(frozen=True)
@@ -38,12 +39,14 @@ class ClaimReport:
 
 class Claimer:
     def __init__(self, ledger: Ledger, submit: SubmitBatch, paid_for: PaidFor, policy: ClaimPolicy,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, on_paid: OnPaid = lambda settled: None) -> None:
+        """`on_paid` hears, after each batch, every receipt of it with the session's total paid by the escrow."""
         self.ledger = ledger
         self.submit = submit
         self.paid_for = paid_for
         self.policy = policy
         self.clock = clock
+        self.on_paid = on_paid
         self._lock = threading.Lock()
 
     def claimable(self) -> list[HeldReceipt]:
@@ -71,8 +74,10 @@ class Claimer:
                 batch = held[start:start + self.policy.max_batch]
                 paid = self.submit([(h.receipt, h.signature) for h in batch])
                 paid_total += sum(paid)
-                for h in batch:
-                    self.ledger.mark_paid(h.receipt.client, h.receipt.session_id, self.paid_for(h.receipt))
+                settled = [(h.receipt, self.paid_for(h.receipt)) for h in batch]
+                for receipt, session_paid in settled:
+                    self.ledger.mark_paid(receipt.client, receipt.session_id, session_paid)
+                self.on_paid(settled)
             if held:
                 log.info("claimed %d receipt(s), %d wei", len(held), paid_total)
             return ClaimReport(len(held), paid_total)

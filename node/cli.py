@@ -3,6 +3,7 @@
     p2pnode register --layers 8-16 --price 0.002 --endpoint http://my.host:8000 --dev-account 1
     p2pnode serve --layers 8-16 --price 0.002 --port 8000 --dev-account 1
     p2pnode set-price --offer-id 3 --price 0.001 | deregister --offer-id 3 | claim | status [--json]
+    p2pnode prune --model smollm2-135m                  # anyone: remove offers expired more than a day ago
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from p2pllm.cli_common import (
     add_chain_options,
     connect,
     format_eth,
+    format_time,
     parse_cpus,
     parse_eth,
     print_json,
@@ -118,7 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
     claim.add_argument("--json", action="store_true")
     add_chain_options(claim)
 
-    status = sub.add_parser("status", help="offers, receipts, earnings and clients' escrow")
+    prune = sub.add_parser("prune", help="remove a model's offers that expired more than a day ago (anyone may)",
+                           description="Walks the model's offer list in batches and removes every offer that "
+                                       "expired more than the registry's prune delay ago, so clients' discovery "
+                                       "stops paging through dead entries. Costs gas; needs a key.")
+    prune.add_argument("--model", default=DEFAULT_MODEL, help=f"catalogue name or folder (default {DEFAULT_MODEL})")
+    prune.add_argument("--batch", type=int, default=100, help="list entries scanned per transaction (1-200)")
+    prune.add_argument("--json", action="store_true")
+    add_chain_options(prune)
+
+    status = sub.add_parser("status", help="offers, receipts, earnings and what clients reserved for this node")
     status.add_argument("--model", default=DEFAULT_MODEL)
     status.add_argument("--data-dir", type=Path, default=Path(".p2pnode"))
     status.add_argument("--json", action="store_true")
@@ -207,6 +218,30 @@ def cmd_claim(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    if not 1 <= args.batch <= 200:
+        raise CliError(f"--batch must be in 1..200, got {args.batch}")
+    chain = connect(args)
+    model_hash = _model_hash(args.model)
+    before = chain.offer_count_by_model(model_hash)
+    pruned, transactions, cursor = 0, 0, 0
+    while True:
+        count, cursor, tx = chain.prune_offers(model_hash, cursor, args.batch)
+        pruned += count
+        transactions += 1
+        if not args.json:
+            print(f"tx {tx.tx_hash}: pruned {count} (gas {tx.gas_used})", file=sys.stderr)
+        if cursor == 0:
+            break
+    after = chain.offer_count_by_model(model_hash)
+    if args.json:
+        print_json({"pruned": pruned, "transactions": transactions, "entries_before": before, "entries_after": after})
+    else:
+        print(f"pruned {pruned} offer(s) in {transactions} transaction(s); the model's list holds {after} "
+              f"entr{'y' if after == 1 else 'ies'} (was {before})")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     chain = connect(args)
     offers = chain.offers_of(chain.address, _model_hash(args.model))
@@ -217,7 +252,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         held = ledger.all()
         ledger.close()
     clients = sorted({h.receipt.client for h in held})
-    escrow = {c: (chain.escrow_balance(c), chain.thaw_of(c)) for c in clients}
+    allocations = {c: chain.allocation_of(c, chain.address) for c in clients}
     data = {
         "node": chain.address,
         "balance_wei": chain.eth_balance(chain.address),
@@ -228,8 +263,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                       "deadline": h.receipt.deadline} for h in held],
         "earned_wei": sum(h.paid_wei for h in held),
         "unclaimed_wei": sum(h.unclaimed_wei for h in held),
-        "clients": [{"client": c, "escrow_wei": b, "thawing_wei": t.amount_wei, "thaw_ready_at": t.ready_at}
-                    for c, (b, t) in escrow.items()],
+        "clients": [{"client": c, "reserved_wei": a.amount_wei, "thawing_wei": a.thawing_wei,
+                     "thaw_ready_at": a.ready_at} for c, a in allocations.items()],
     }
     if args.json:
         print_json(data)
@@ -244,13 +279,14 @@ def cmd_status(args: argparse.Namespace) -> int:
                 [(r["client"], r["session_id"][:12] + "…", r["tokens"], format_eth(r["amount_wei"]),
                   format_eth(r["paid_wei"])) for r in data["receipts"]])
     print()
-    print_table(["client", "escrow", "thawing"],
-                [(c["client"], format_eth(c["escrow_wei"]), format_eth(c["thawing_wei"])) for c in data["clients"]])
+    print_table(["client", "reserved for this node", "thawing back to the client", "thaw ends"],
+                [(c["client"], format_eth(c["reserved_wei"]), format_eth(c["thawing_wei"]),
+                  format_time(c["thaw_ready_at"]) if c["thaw_ready_at"] else "-") for c in data["clients"]])
     return 0
 
 
 COMMANDS = {"register": cmd_register, "serve": cmd_serve, "set-price": cmd_set_price,
-            "deregister": cmd_deregister, "claim": cmd_claim, "status": cmd_status}
+            "deregister": cmd_deregister, "prune": cmd_prune, "claim": cmd_claim, "status": cmd_status}
 
 
 def main(argv: list[str] | None = None) -> int:

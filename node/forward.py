@@ -10,6 +10,7 @@ documents it in the app's OpenAPI schema exactly as the other routes are."""
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -177,46 +178,58 @@ def _forward(state: AppState, sid: str, body: bytes, position: int,
     tokens, amount, deadline, signature = _parse_receipt_header(receipt_header)
     session_bytes = bytes.fromhex(sid[2:])
     # A session's newest accepted receipt is kept in memory (`state.accepted`): the ledger is read only for a
-    # session's first receipt here (it may hold one from an earlier run) and, before refusing for lack of
-    # escrow, to refresh what the escrow has paid since. A client with credit sends the same receipt for
-    # several steps: it is already verified and stored, so only what changes with time and tokens (deadline
-    # window, amount owed, escrow cover) is checked again.
+    # session's first receipt here (it may hold one from an earlier run). A client with credit sends the same
+    # receipt for several steps: it is already verified and stored, so only what changes with time and tokens
+    # (deadline window, amount owed, escrow cover) is checked again.
     last = state.accepted.get(sid)
     repeated = last is not None and last.header == receipt_header
     if last is None:
         held = state.ledger.latest(client, session_bytes)
-        previous, paid_wei = (held.receipt, held.paid_wei) if held else (None, 0)
+        previous = held.receipt if held else None
     else:
-        previous, paid_wei = last.receipt, last.paid_wei
+        previous = last.receipt
     terms = state.terms
     with state.lock:
         owed_after = state.owed_wei.get(sid, 0) + terms.price_wei_per_token * tokens_now
 
-    def check(paid: int) -> Receipt:
-        return check_receipt(
-            terms, state.escrow, client=client, session_id=session_bytes, tokens_after=position + tokens_now,
-            owed_wei=owed_after, previous=previous, paid_wei=paid, tokens=tokens, amount_wei=amount,
-            deadline=deadline, signature=signature, now=state.now(), signature_verified=repeated,
-        )
+    with state.exposure.hold(client):
+        standing = state.exposure.standing(client, session_bytes)
 
-    try:
+        def check(fresh: bool) -> Receipt:
+            return check_receipt(
+                terms, state.escrow, client=client, session_id=session_bytes, tokens_after=position + tokens_now,
+                owed_wei=owed_after, previous=previous, paid_wei=standing.paid_wei,
+                other_unpaid_wei=standing.other_unpaid_wei, other_deadline=standing.other_deadline, tokens=tokens,
+                amount_wei=amount, deadline=deadline, signature=signature, now=state.now(),
+                signature_verified=repeated, fresh_escrow=fresh,
+            )
+
         try:
-            receipt = check(paid_wei)
+            try:
+                receipt = check(False)
+            except PaymentError as exc:
+                # The client may just have reserved more: ask the chain before refusing, at most once a
+                # second per session, so that no client makes the node read the chain on every request.
+                now = time.monotonic()
+                if exc.code != "insufficient_escrow" or \
+                        now - state.fresh_escrow_at.get(sid, -math.inf) < state.fresh_escrow_min_s:
+                    raise
+                state.fresh_escrow_at[sid] = now
+                receipt = check(True)
         except PaymentError as exc:
-            held = state.ledger.latest(client, session_bytes) if exc.code == "insufficient_escrow" else None
-            if held is None or held.paid_wei == paid_wei:
-                raise
-            paid_wei = held.paid_wei
-            receipt = check(paid_wei)
-    except PaymentError as exc:
-        raise ApiError(402, exc.code, exc.detail) from exc
-    except EscrowUnavailable as exc:
-        raise ApiError(503, "chain_unavailable", str(exc)) from exc
+            raise ApiError(402, exc.code, exc.detail) from exc
+        except EscrowUnavailable as exc:
+            raise ApiError(503, "chain_unavailable", str(exc)) from exc
+        # Counted before the compute, so a concurrent request of the same client weighs it; undone on failure.
+        state.exposure.accept(client, session_bytes, amount, standing.paid_wei, deadline)
     positions = torch.arange(position, position + tokens_now, dtype=torch.int64)
     compute_started = time.perf_counter()
     try:
         out = state.executor.forward(sid, hidden, positions)
     except ExecutorError as exc:
+        with state.exposure.hold(client):
+            state.exposure.accept(client, session_bytes, standing.amount_wei, standing.paid_wei,
+                                  previous.deadline if previous else 0)
         raise executor_error(exc) from exc
     compute_s = time.perf_counter() - compute_started
     if not repeated:
@@ -224,7 +237,7 @@ def _forward(state: AppState, sid: str, body: bytes, position: int,
         state.ledger.record(receipt, signature)
     with state.lock:
         state.owed_wei[sid] = owed_after
-        state.accepted[sid] = AcceptedReceipt(receipt_header, receipt, paid_wei)
+        state.accepted[sid] = AcceptedReceipt(receipt_header, receipt)
     state.on_receipt()
     payload = codec.encode(out)
     total_s = time.perf_counter() - started

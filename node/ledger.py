@@ -67,6 +67,12 @@ class Ledger:
             ).fetchone()
         return _held(row) if row else None
 
+    def held_by(self, client: str) -> list[HeldReceipt]:
+        """Every receipt held from `client`, one per session."""
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM receipts WHERE client = ?", (client.lower(),)).fetchall()
+        return [_held(r) for r in rows]
+
     def record(self, receipt: Receipt, signature: bytes) -> bool:
         """Store `receipt` as the newest for its (client, session), committed before returning.
         Returns False (and keeps the stored one) if a receipt with a larger amount is already held."""

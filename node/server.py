@@ -11,7 +11,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from node.api import AppState
 from node.app import create_app
 from node.claimer import Claimer, ClaimPolicy
 from node.executor import ShardExecutor
+from node.exposure import Exposure
 from node.http_protocol import CoalescingHttpToolsProtocol
 from node.ledger import Ledger
 from node.metrics import Metrics
@@ -31,6 +32,7 @@ from p2pllm.chain import Chain, Offer
 from p2pllm.cpus import format_cpu_list, pin_process
 from p2pllm.model_id import model_id
 from p2pllm.models import resolve_model
+from p2pllm.receipts import Receipt
 from p2pllm.shard import Shard, load_shard
 
 log = logging.getLogger("p2pnode")
@@ -169,9 +171,19 @@ def serve(settings: ServeSettings, chain: Chain) -> int:
     ledger = Ledger(settings.data_dir / f"ledger-{chain.chain_id}-{chain.address.lower()}.sqlite",
                     sync=settings.ledger_sync)
     executor = ShardExecutor(shard, budget_tokens=settings.budget_tokens, ttl_s=settings.session_ttl_s)
-    escrow_view = CachedEscrowView(chain)
+    escrow_view = CachedEscrowView(chain, chain.address)
+    exposure = Exposure(ledger)
+
+    def on_paid(settled: Sequence[tuple[Receipt, int]]) -> None:
+        # The allocation is re-read before the payments are counted, so the node never sees the payment
+        # without the allocation it came out of shrinking too.
+        for client in {receipt.client.lower() for receipt, _ in settled}:
+            escrow_view.refresh(client)
+        for receipt, paid in settled:
+            exposure.paid(receipt.client, receipt.session_id, paid)
+
     claimer = Claimer(ledger, lambda items: chain.claim_batch(items)[0],
-                      lambda r: chain.paid_for(r.client, r.node, r.session_id), settings.claim)
+                      lambda r: chain.paid_for(r.client, r.node, r.session_id), settings.claim, on_paid=on_paid)
     if ledger.unclaimed():
         say(f"ledger holds {len(ledger.unclaimed())} unclaimed receipt(s) from a previous run: claiming ...")
         report = claimer.claim_all()
@@ -187,8 +199,8 @@ def serve(settings: ServeSettings, chain: Chain) -> int:
         "registry": chain.deployment.registry if chain.deployment else None, "offer_id": offer.offer_id,
         "max_receipt_validity_s": validity_s, "thaw_period_s": thaw_s,
     }
-    state = AppState(executor=executor, ledger=ledger, terms=terms, escrow=escrow_view, info=info, metrics=metrics,
-                     max_session_length=settings.max_session_length)
+    state = AppState(executor=executor, ledger=ledger, terms=terms, escrow=escrow_view, exposure=exposure, info=info,
+                     metrics=metrics, max_session_length=settings.max_session_length)
     app = create_app(state)
 
     stop = threading.Event()

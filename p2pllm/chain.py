@@ -98,9 +98,20 @@ class TxResult:
 
 
 @dataclass(frozen=True)
-class Thaw:
+class Allocation:
+    """Funds a client reserved for one node: `thawing_wei` of them may return to the client's pool from
+    `ready_at` (0 = no release requested). Claims spend `amount_wei`; a thawing part is never more than it."""
+
     amount_wei: int
-    ready_at: int
+    thawing_wei: int = 0
+    ready_at: int = 0
+
+    def reserved_until(self, until: int) -> int:
+        """What stays reserved for the node through timestamp `until` whatever the client does (the contract's
+        `reservedUntil`)."""
+        if self.ready_at == 0 or self.ready_at > until:
+            return self.amount_wei
+        return max(self.amount_wei - self.thawing_wei, 0)
 
 
 def _error_selectors(artifacts: dict[str, Artifact]) -> dict[bytes, tuple[str, list[str], list[str]]]:
@@ -119,8 +130,9 @@ def _error_selectors(artifacts: dict[str, Artifact]) -> dict[bytes, tuple[str, l
     return selectors
 
 
-_BALANCE_OF = keccak(text="balanceOf(address)")[:4]
-_THAW_OF = keccak(text="thawOf(address)")[:4]
+_POOL_OF = keccak(text="poolOf(address)")[:4]
+_ALLOCATION_OF = keccak(text="allocationOf(address,address)")[:4]
+_RESERVED = keccak(text="Reserved(address,address,uint256,uint256)")
 
 
 class Chain:
@@ -185,6 +197,18 @@ class Chain:
     def address(self) -> str:
         return self._require_account().address
 
+    def supports_transient_storage(self) -> bool:
+        """Whether the chain runs EIP-1153 (TSTORE/TLOAD, Cancun), which the escrow's reentrancy guard needs:
+        a contract-creation `eth_call` that stores 1 transiently, loads it and returns it."""
+        init_code = "0x600160005d60005c60005260206000f3"
+        try:
+            result = bytes(self.w3.eth.call({"data": init_code}))
+        except (ContractLogicError, Web3Exception, ValueError):
+            return False
+        except (requests.RequestException, OSError) as exc:
+            raise ChainError(f"RPC unreachable: {type(exc).__name__}") from exc
+        return int.from_bytes(result, "big") == 1 if result else False
+
     def block_timestamp(self) -> int:
         return int(self.w3.eth.get_block("latest")["timestamp"])
 
@@ -242,6 +266,15 @@ class Chain:
     def remove_offer(self, offer_id: int) -> TxResult:
         return self._tx(self._registry().functions.remove(offer_id), "remove offer")
 
+    def prune_offers(self, model_id: bytes, cursor: int = 0, limit: int = DEFAULT_PAGE) -> tuple[int, int, TxResult]:
+        """Remove the model's offers long past their expiry (anyone may), scanning `limit` list entries from
+        `cursor`; returns (pruned, where to continue or 0 at the end, tx). The continuation is read from the
+        paging view first: it walks the same entries as the prune."""
+        _, next_cursor = self._call(self._registry().functions.offersByModel(model_id, cursor, limit))
+        result = self._tx(self._registry().functions.prune(model_id, cursor, limit), "prune offers")
+        pruned = sum(1 for name, _ in result.events if name == "OfferPruned")
+        return pruned, int(next_cursor), result
+
     def get_offer(self, offer_id: int) -> Offer:
         return _offer(self._call(self._registry().functions.getOffer(offer_id)))
 
@@ -258,6 +291,10 @@ class Chain:
     def offers_of(self, node: str, model_id: bytes) -> list[Offer]:
         return [o for o in self.live_offers(model_id) if o.node.lower() == node.lower()]
 
+    def offer_count_by_model(self, model_id: bytes) -> int:
+        """Entries in the model's list: live offers and expired ones not yet pruned."""
+        return int(self._call(self._registry().functions.offerCountByModel(model_id)))
+
     def offer_ttl_s(self) -> int:
         return int(self._call(self._registry().functions.offerTtl()))
 
@@ -266,18 +303,35 @@ class Chain:
         return EscrowDomain(self.chain_id, self._escrow().address)
 
     def deposit(self, amount_wei: int) -> TxResult:
+        """Add ETH to this account's pool (free funds: withdrawable at once, not yet reserved for any node)."""
         return self._tx(self._escrow().functions.deposit(), "deposit", value=amount_wei)
 
-    def request_withdraw(self, amount_wei: int) -> TxResult:
-        return self._tx(self._escrow().functions.requestWithdraw(amount_wei), "request withdraw")
+    def withdraw(self, amount_wei: int) -> TxResult:
+        """Send `amount_wei` of this account's pool back to its wallet (instant)."""
+        return self._tx(self._escrow().functions.withdraw(amount_wei), "withdraw")
 
-    def cancel_withdraw(self) -> TxResult:
-        return self._tx(self._escrow().functions.cancelWithdraw(), "cancel withdraw")
+    def reserve(self, nodes: Sequence[str], amounts_wei: Sequence[int], deposit_wei: int = 0) -> TxResult:
+        """One transaction: deposit `deposit_wei` into the pool, then move `amounts_wei[i]` from it into the
+        allocation for `nodes[i]`."""
+        if not nodes or len(nodes) != len(amounts_wei):
+            raise ValueError(f"reserve needs as many amounts as nodes, got {len(nodes)} and {len(amounts_wei)}")
+        fn = self._escrow().functions.reserve([to_checksum_address(n) for n in nodes], list(amounts_wei))
+        return self._tx(fn, f"reserve for {len(nodes)} node(s)", value=deposit_wei)
 
-    def withdraw(self) -> tuple[int, TxResult]:
-        result = self._tx(self._escrow().functions.withdraw(), "withdraw")
-        amount = sum(args["amount"] for name, args in result.events if name == "Withdrawn")
-        return int(amount), result
+    def request_release(self, nodes: Sequence[str], amounts_wei: Sequence[int]) -> TxResult:
+        """Start thawing part of each allocation back to the pool (replaces a pending request per node)."""
+        fn = self._escrow().functions.requestRelease([to_checksum_address(n) for n in nodes], list(amounts_wei))
+        return self._tx(fn, f"request release from {len(nodes)} allocation(s)")
+
+    def cancel_release(self, nodes: Sequence[str]) -> TxResult:
+        fn = self._escrow().functions.cancelRelease([to_checksum_address(n) for n in nodes])
+        return self._tx(fn, f"cancel release of {len(nodes)} allocation(s)")
+
+    def release(self, nodes: Sequence[str]) -> tuple[int, TxResult]:
+        """Move each thawed release into the pool; returns the total moved."""
+        result = self._tx(self._escrow().functions.release([to_checksum_address(n) for n in nodes]),
+                          f"release {len(nodes)} allocation(s)")
+        return sum(int(args["amount"]) for name, args in result.events if name == "Released"), result
 
     def claim(self, receipt: Receipt, signature: bytes) -> tuple[int, TxResult]:
         result = self._tx(self._escrow().functions.claim(receipt.as_tuple(), signature), "claim")
@@ -289,19 +343,45 @@ class Chain:
             raise ValueError("claim_batch needs at least one receipt")
         fn = self._escrow().functions.claimBatch([r.as_tuple() for r, _ in items], [s for _, s in items])
         result = self._tx(fn, f"claim batch of {len(items)}")
-        outcomes = [(name, args) for name, args in result.events if name in ("Claimed", "ClaimRejected")]
-        if len(outcomes) != len(items):
-            raise ChainError(f"claim batch: {len(outcomes)} outcomes for {len(items)} receipts")
-        return [int(args["paid"]) if name == "Claimed" else 0 for name, args in outcomes], result
+        paid = [0] * len(items)
+        by_channel = {(r.client.lower(), r.node.lower(), r.session_id): i for i, (r, _) in enumerate(items)}
+        for name, args in result.events:
+            if name == "Claimed":
+                index = by_channel.get((args["client"].lower(), args["node"].lower(), bytes(args["sessionId"])))
+                if index is not None:
+                    paid[index] += int(args["paid"])
+        return paid, result
 
-    def escrow_balance(self, client: str) -> int:
-        return int.from_bytes(self._eth_call(self._escrow().address, _BALANCE_OF + address_word(client))[:32], "big")
+    def pool_balance(self, client: str) -> int:
+        """The client's free funds in the escrow."""
+        return int.from_bytes(self._eth_call(self._escrow().address, _POOL_OF + address_word(client))[:32], "big")
 
-    def thaw_of(self, client: str) -> Thaw:
-        data = self._eth_call(self._escrow().address, _THAW_OF + address_word(client))
-        if len(data) != 64:
-            raise ChainError(f"thawOf returned {len(data)} bytes, expected 64")
-        return Thaw(int.from_bytes(data[:32], "big"), int.from_bytes(data[32:], "big"))
+    def allocation_of(self, client: str, node: str) -> Allocation:
+        """What `client` has reserved for `node`, and any release in progress (one plain JSON-RPC read: nodes
+        check it on the request path)."""
+        data = self._eth_call(self._escrow().address, _ALLOCATION_OF + address_word(client) + address_word(node))
+        if len(data) != 96:
+            raise ChainError(f"allocationOf returned {len(data)} bytes, expected 96")
+        return Allocation(*(int.from_bytes(data[i:i + 32], "big") for i in (0, 32, 64)))
+
+    def reserved_until(self, client: str, node: str, until: int) -> int:
+        """The contract's own answer to `Allocation.reserved_until` (for checks; nodes compute it locally)."""
+        fn = self._escrow().functions.reservedUntil(to_checksum_address(client), to_checksum_address(node), until)
+        return int(self._call(fn))
+
+    def allocated_nodes(self, client: str) -> list[str]:
+        """Every node `client` has ever reserved for, from the escrow's Reserved events (oldest first)."""
+        deployment = self.deployment
+        try:
+            logs = self.w3.eth.get_logs({"address": self._escrow().address, "topics": [_RESERVED, address_word(client)],
+                                         "fromBlock": deployment.deploy_block if deployment else 0,
+                                         "toBlock": "latest"})
+        except (requests.RequestException, OSError, Web3Exception, ValueError) as exc:
+            raise ChainError(f"cannot read the escrow's Reserved events: {type(exc).__name__}: {exc}") from exc
+        nodes: dict[str, None] = {}
+        for log in logs:
+            nodes[to_checksum_address(bytes(log["topics"][2])[12:])] = None
+        return list(nodes)
 
     def paid_for(self, client: str, node: str, session_id: bytes) -> int:
         fn = self._escrow().functions.paidFor(to_checksum_address(client), to_checksum_address(node), session_id)

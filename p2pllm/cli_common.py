@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,20 @@ def parse_eth(text: str) -> int:
 def format_eth(wei: int) -> str:
     text = f"{Decimal(wei) / WEI_PER_ETH:.18f}".rstrip("0").rstrip(".")
     return f"{text} ETH"
+
+
+def format_duration(seconds: int) -> str:
+    seconds = max(0, int(seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [(days, "d"), (hours, "h"), (minutes, "m"), (secs, "s")]
+    text = " ".join(f"{value}{unit}" for value, unit in parts if value)
+    return text or "0s"
+
+
+def format_time(timestamp: int) -> str:
+    return datetime.fromtimestamp(timestamp, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out: Any = None) -> None:

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Sequence
 
 from p2pllm.compile import REPO_ROOT
 
@@ -22,8 +23,11 @@ class AnvilError(RuntimeError):
 class Anvil:
     """`with Anvil() as chain: chain.rpc_url` — started on a free port, stopped (and reaped) on exit."""
 
-    def __init__(self, block_time_s: float | None = None, timeout_s: float = 30.0) -> None:
+    def __init__(self, block_time_s: float | None = None, timeout_s: float = 30.0,
+                 extra_args: Sequence[str] = ()) -> None:
+        """`extra_args` go to anvil as they are (e.g. `("--hardfork", "shanghai")`)."""
         self.block_time_s = block_time_s
+        self.extra_args = tuple(extra_args)
         self.timeout_s = timeout_s
         self.process: subprocess.Popen[str] | None = None
         self.port: int | None = None
@@ -42,6 +46,7 @@ class Anvil:
         cmd = [binary, "--host", "127.0.0.1", "--port", "0"]
         if self.block_time_s:
             cmd += ["--block-time", str(self.block_time_s)]
+        cmd += self.extra_args
         # Own session: a Ctrl-C in the terminal must not kill the chain before the nodes have claimed.
         self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                         start_new_session=True)

@@ -21,7 +21,7 @@ from eth_utils import to_checksum_address
 RECEIPT_TYPE = "Receipt(address client,address node,bytes32 sessionId,uint64 tokens,uint256 amount,uint64 deadline)"
 DOMAIN_TYPE = "EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
 DOMAIN_NAME = "P2P-LLM PaymentEscrow"
-DOMAIN_VERSION = "1"
+DOMAIN_VERSION = "2"
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 SIGNATURE_BYTES = 65
 _ADDRESS_RE = re.compile(r"^0x[0-9a-fA-F]{40}$")

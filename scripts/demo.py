@@ -63,7 +63,8 @@ def run_demo(model: str, prompt: str, max_new_tokens: int, alpha: float, workdir
         say(f"{len(net.nodes)} nodes serving after {time.perf_counter() - started:.1f} s")
         chain = net.chain(CLIENT_ACCOUNT)
         tx = chain.deposit(DEPOSIT_WEI)
-        say(f"client {chain.address} deposited {format_eth(DEPOSIT_WEI)} into escrow (tx {tx.tx_hash[:18]}…)")
+        say(f"client {chain.address} deposited {format_eth(DEPOSIT_WEI)} into its escrow pool "
+            f"(tx {tx.tx_hash[:18]}…)")
         client = InferenceClient(chain, str(source.path))
         try:
             market = client.market()
@@ -91,6 +92,11 @@ def run_demo(model: str, prompt: str, max_new_tokens: int, alpha: float, workdir
         print_table(["hop", "layers", "tokens", "price/token", "cost"],
                     [(names.get(h.node.lower(), h.node[:10]), f"{h.layers[0]}-{h.layers[1]}", h.tokens,
                       format_eth(h.price_wei_per_token), format_eth(h.cost_wei)) for h in result.hops])
+        for r in result.reservations:
+            print(f"reserved {format_eth(r.total_wei)} for "
+                  + ", ".join(f"{names.get(n.lower(), n[:10])} {format_eth(a)}" for n, a in zip(r.nodes, r.amounts_wei,
+                                                                                                strict=True))
+                  + " in one transaction before the first token")
         print(f"total {format_eth(result.total_cost_wei)} for {len(result.token_ids)} tokens; "
               f"first token after {result.ttft_s:.2f} s, then {result.tokens_per_s:.1f} tok/s; "
               f"signing took {100 * result.signing_s / max(result.total_s, 1e-9):.1f}% of the time\n")
@@ -102,13 +108,15 @@ def run_demo(model: str, prompt: str, max_new_tokens: int, alpha: float, workdir
             outcome.paid_wei[name] = outcome.paid_wei.get(name, 0) + chain.paid_for(chain.address, hop.node,
                                                                                       hop.session_id)
             outcome.expected_wei[name] = outcome.expected_wei.get(name, 0) + hop.cost_wei
-        outcome.client_escrow_wei = chain.escrow_balance(chain.address)
+        left = {name: chain.allocation_of(chain.address, node.address).amount_wei for name, node in net.nodes.items()}
+        outcome.client_escrow_wei = chain.pool_balance(chain.address) + sum(left.values())
         print()
-        print_table(["node", "address", "paid by escrow (on-chain)", "owed for tokens served"],
+        print_table(["node", "address", "paid by escrow (on-chain)", "owed for tokens served", "still reserved"],
                     [(name, net.nodes[name].address, format_eth(outcome.paid_wei.get(name, 0)),
-                      format_eth(outcome.expected_wei.get(name, 0))) for name in net.nodes])
-        print(f"client escrow left: {format_eth(outcome.client_escrow_wei)} "
-              f"(deposited {format_eth(DEPOSIT_WEI)})\n")
+                      format_eth(outcome.expected_wei.get(name, 0)), format_eth(left[name])) for name in net.nodes])
+        print(f"client escrow left: {format_eth(outcome.client_escrow_wei)} (pool "
+              f"{format_eth(chain.pool_balance(chain.address))} + reserved {format_eth(sum(left.values()))}; "
+              f"deposited {format_eth(DEPOSIT_WEI)})\n")
     say(f"done in {time.perf_counter() - started:.1f} s; every process stopped")
     return outcome
 

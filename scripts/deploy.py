@@ -15,6 +15,8 @@ from p2pllm.compile import REPO_ROOT, CompileError, compile_contracts
 from p2pllm.keys import ANVIL_CHAIN_ID, KeyError_, KeySource, load_account
 
 DEFAULT_ANVIL_RPC = "http://127.0.0.1:8545"
+MAX_THAW_S = 30 * 86400  # PaymentEscrow.MAX_THAW_PERIOD
+MIN_THAW_MARGIN_S = 3600  # PaymentEscrow.MIN_THAW_MARGIN
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,9 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="encrypted keystore file (password: $P2PLLM_KEYSTORE_PASSWORD or prompt)")
     parser.add_argument("--private-key-env", metavar="VAR", help="environment variable holding the deployer key")
     parser.add_argument("--dev-account", type=int, help="anvil dev account index (default 0 on anvil)")
-    parser.add_argument("--thaw-period", type=int, default=2 * 86400, help="escrow withdrawal thaw, s (default 2 days)")
+    parser.add_argument("--thaw-period", type=int, default=2 * 86400,
+                        help="how long releasing funds reserved for a node thaws, s (default 2 days; at most 30 days)")
     parser.add_argument("--max-receipt-validity", type=int, default=86400,
-                        help="latest receipt deadline from claim time, s (default 1 day; must be < thaw)")
+                        help="latest receipt deadline from claim time, s (default 1 day; the thaw must exceed it by "
+                             "at least an hour)")
     parser.add_argument("--offer-ttl", type=int, default=600, help="offer lifetime without heartbeat, s (default 600)")
     parser.add_argument("--out-dir", type=Path, default=REPO_ROOT / "deployments", help="where to write <network>.json")
     return parser
@@ -41,8 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     if rpc_url is None:
         print(f"error: --rpc-url is required for network {args.network!r}", file=sys.stderr)
         return 2
-    if args.thaw_period <= args.max_receipt_validity:
-        print("error: --thaw-period must exceed --max-receipt-validity", file=sys.stderr)
+    validity, thaw = args.max_receipt_validity, args.thaw_period
+    if not (validity > 0 and validity + MIN_THAW_MARGIN_S <= thaw <= MAX_THAW_S):
+        print(f"error: need 0 < --max-receipt-validity and --max-receipt-validity + {MIN_THAW_MARGIN_S} <= "
+              f"--thaw-period <= {MAX_THAW_S}", file=sys.stderr)
         return 2
     dev = args.dev_account
     if dev is None and is_anvil and not (args.keystore or args.private_key_env):
@@ -53,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         compile_contracts()
         expected = args.chain_id if args.chain_id is not None else (ANVIL_CHAIN_ID if is_anvil else None)
         chain = Chain.connect(rpc_url, account, expected_chain_id=expected)
+        if not chain.supports_transient_storage():
+            print(f"error: chain {chain.chain_id} at {rpc_url} lacks EIP-1153 transient storage (Cancun), which the "
+                  "escrow's reentrancy guard needs; deploy to a Cancun-or-later chain", file=sys.stderr)
+            return 1
         print(f"deploying from {account.address} to chain {chain.chain_id} at {rpc_url} ...", file=sys.stderr)
         deployment = chain.deploy_contracts(
             args.network, rpc_url, args.thaw_period, args.max_receipt_validity, args.offer_ttl

@@ -1,6 +1,7 @@
 """`p2pclient` in-process (`main([...])` with capsys): argument errors, the wallet round trip, the escrow life
-cycle on a real anvil (deposit, withdraw request → cancel → request → execute after time travel, balances
-checked on-chain) and one-line errors for bad networks, missing keys and routes. No node is started here:
+cycle on a real anvil (deposit into the pool, instant withdraw, reservations for nodes shown by `balance`,
+release request → cancel → request → execute after time travel, balances checked on-chain) and one-line errors
+for bad networks, missing keys and routes. No node is started here:
 commands that need a network of nodes are in tests/e2e/test_client_cli.py."""
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ PASSWORD = "correct horse battery staple"
 CLIENT = 9
 ETH = 10**18
 ABOUT_THAW = r"(2d|1d 23h 59m \d+s)"  # THAW_S, less the seconds since the request's block
-COMMANDS = ["wallet", "wallet new", "wallet import", "wallet address", "deposit", "balance", "withdraw", "offers",
-            "routes", "generate", "chat"]
+COMMANDS = ["wallet", "wallet new", "wallet import", "wallet address", "deposit", "balance", "withdraw", "release",
+            "offers", "routes", "generate", "chat"]
 
 
 @pytest.fixture
@@ -64,9 +65,10 @@ def test_help_everywhere(command: str, capsys: pytest.CaptureFixture[str]) -> No
     ([], "required"),
     (["deposit", "half"], "not an ETH amount"),
     (["deposit", "-1"], "ETH amount"),
-    (["withdraw"], "one of the arguments AMOUNT --all --execute --cancel is required"),
+    (["withdraw"], "one of the arguments AMOUNT --all is required"),
     (["withdraw", "0.1", "--all"], "not allowed with"),
-    (["withdraw", "--execute", "--cancel"], "not allowed with"),
+    (["release", "--execute", "--cancel"], "not allowed with"),
+    (["release", "--amount", "x"], "not an ETH amount"),
     (["routes", "--alpha", "1.5"], "alpha must be in [0, 1]"),
     (["generate"], "one of the arguments prompt --prompt-ids is required"),
     (["generate", "hi", "--prompt-ids", "1,2"], "not allowed with"),
@@ -175,7 +177,7 @@ def test_wallet_prompts_are_hidden_and_new_passwords_confirmed(tmp_path: Path, c
 # ------------------------------------------------------------------------------------------------ escrow
 
 
-def test_deposit_balance_withdraw_request_cancel_request_execute(
+def test_pool_reservations_and_release(
         dev_chain: DevChain, deployment_file: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
     # a keystore-held key: the same path a user takes
@@ -189,48 +191,63 @@ def test_deposit_balance_withdraw_request_cancel_request_execute(
     wallet_before = chain.eth_balance(me)
 
     code, out, _ = run(capsys, "deposit", "0.5", *key)
-    assert code == 0 and "deposited 0.5 ETH" in out and "escrow   0.5 ETH" in out
+    assert code == 0 and "deposited 0.5 ETH into the pool" in out and re.search(r"pool\s+0\.5 ETH", out)
     assert re.search(r"tx\s+0x[0-9a-f]{64}", out)
-    assert chain.escrow_balance(me) == ETH // 2
+    assert chain.pool_balance(me) == ETH // 2
     assert wallet_before - ETH // 2 - 10**16 < chain.eth_balance(me) < wallet_before - ETH // 2  # minus gas
 
+    # The pool is free money: withdrawn at once, no thaw.
+    code, out, _ = run(capsys, "withdraw", "0.1", *key)
+    assert code == 0 and "withdrew 0.1 ETH to the wallet" in out and chain.pool_balance(me) == 4 * ETH // 10
+    code, _, err = run(capsys, "withdraw", "2", *key)
+    assert code == 1 and "cannot withdraw 2 ETH: the pool holds 0.4 ETH" in error_line(err, "withdraw")
+
+    # What generations reserve for nodes shows per node (here reserved directly, as `generate` does).
+    node_a, node_b = dev_account(1).address, dev_account(2).address
+    chain.reserve([node_a, node_b], [ETH // 10, ETH // 5])
     code, out, _ = run(capsys, "balance", "--json", *key)
     data = json.loads(out)
-    assert code == 0 and data["address"] == me and data["escrow_wei"] == ETH // 2
-    assert data["wallet_wei"] == chain.eth_balance(me) and data["thaw_ready_at"] is None
+    assert code == 0 and data["address"] == me and data["pool_wei"] == ETH // 10
+    assert data["reserved_wei"] == 3 * ETH // 10 and data["wallet_wei"] == chain.eth_balance(me)
+    assert [(a["node"], a["reserved_wei"], a["thaw_ready_at"]) for a in data["allocations"]] == \
+        [(node_a, ETH // 10, None), (node_b, ETH // 5, None)]
 
-    code, out, _ = run(capsys, "withdraw", "0.2", *key)
-    assert code == 0 and "requested 0.2 ETH" in out and "withdraw --execute` from" in out
-    thaw = chain.thaw_of(me)
-    assert thaw.amount_wei == ETH // 5 and thaw.ready_at >= chain.block_timestamp() + THAW_S - 5
-    assert "thawing  0.2 ETH of it; can be withdrawn from" in out and re.search(rf"\(in {ABOUT_THAW}\)", out)
+    code, out, _ = run(capsys, "release", node_b, "--amount", "0.05", *key)
+    assert code == 0 and "releasing 0.05 ETH from 1 node(s)" in out and "release --execute` from" in out
+    allocation = chain.allocation_of(me, node_b)
+    assert allocation.thawing_wei == ETH // 20 and allocation.ready_at >= chain.block_timestamp() + THAW_S - 5
+    assert re.search(rf"0\.05 ETH from .* UTC \(in {ABOUT_THAW}\)", out)
 
-    code, out, _ = run(capsys, "withdraw", "--cancel", "--json", *key)
+    code, out, _ = run(capsys, "release", "--cancel", "--json", *key)
     data = json.loads(out)
-    assert code == 0 and data["action"] == "cancel" and data["thawing_wei"] == 0 and data["thaw_ready_at"] is None
-    assert chain.thaw_of(me).ready_at == 0
+    assert code == 0 and data["action"] == "cancel" and all(a["thaw_ready_at"] is None for a in data["allocations"])
+    assert chain.allocation_of(me, node_b).ready_at == 0
+    code, _, err = run(capsys, "release", "--cancel", *key)
+    assert code == 1 and "no release request to cancel" in error_line(err, "release")
+    code, _, err = run(capsys, "release", "--execute", *key)
+    assert code == 1 and "no release requested" in error_line(err, "release")
+    code, _, err = run(capsys, "release", node_a, "--amount", "1", *key)
+    assert code == 1 and f"cannot release 1 ETH from {node_a}: it holds 0.1 ETH" in error_line(err, "release")
 
-    code, _, err = run(capsys, "withdraw", "--cancel", *key)
-    assert code == 1 and "no withdrawal request to cancel" in error_line(err, "withdraw")
-    code, _, err = run(capsys, "withdraw", "--execute", *key)
-    assert code == 1 and "no withdrawal requested" in error_line(err, "withdraw")
-    code, _, err = run(capsys, "withdraw", "2", *key)
-    assert code == 1 and "cannot withdraw 2 ETH: the escrow holds 0.5 ETH" in error_line(err, "withdraw")
-
-    code, out, _ = run(capsys, "withdraw", "--all", "--json", *key)
-    assert code == 0 and json.loads(out)["thawing_wei"] == ETH // 2
-    code, _, err = run(capsys, "withdraw", "--execute", *key)
-    line = error_line(err, "withdraw")
-    assert code == 1 and re.search(rf"0\.5 ETH is still thawing: {ABOUT_THAW} left \(ready at .* UTC\)$", line)
+    code, out, _ = run(capsys, "release", "--json", *key)  # every node, all of it
+    assert code == 0 and [a["thawing_wei"] for a in json.loads(out)["allocations"]] == [ETH // 10, ETH // 5]
+    code, _, err = run(capsys, "release", "--execute", *key)
+    line = error_line(err, "release")
+    assert code == 1 and re.search(rf"still thawing: the first release is ready in {ABOUT_THAW} \(at .* UTC\)$",
+                                   line)
 
     dev_chain.increase_time(THAW_S + 1)
+    code, out, _ = run(capsys, "release", "--execute", *key)
+    assert code == 0 and "moved 0.3 ETH from 2 node(s) into the pool" in out and re.search(r"pool\s+0\.4 ETH", out)
+    assert chain.pool_balance(me) == 4 * ETH // 10 and chain.allocation_of(me, node_a).amount_wei == 0
+    code, _, err = run(capsys, "release", *key)
+    assert code == 1 and "nothing is reserved for any node" in error_line(err, "release")
     wallet_before = chain.eth_balance(me)
-    code, out, _ = run(capsys, "withdraw", "--execute", *key)
-    assert code == 0 and "withdrew 0.5 ETH to the wallet" in out and "escrow   0 ETH" in out
-    assert chain.escrow_balance(me) == 0 and chain.thaw_of(me).ready_at == 0
-    assert wallet_before < chain.eth_balance(me) < wallet_before + ETH // 2
+    code, out, _ = run(capsys, "withdraw", "--all", *key)
+    assert code == 0 and "withdrew 0.4 ETH to the wallet" in out and chain.pool_balance(me) == 0
+    assert wallet_before < chain.eth_balance(me) < wallet_before + 4 * ETH // 10
     code, _, err = run(capsys, "withdraw", "--all", *key)
-    assert code == 1 and "the escrow is empty" in error_line(err, "withdraw")
+    assert code == 1 and "the pool is empty" in error_line(err, "withdraw")
 
 
 # ------------------------------------------------------------------------------------------- one-line errors

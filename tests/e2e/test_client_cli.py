@@ -165,6 +165,26 @@ def test_generate_streams_text_then_summary(network: Network, capsys: pytest.Cap
     assert "timing    ttft" in err and "tok/s" in err and "signing" in err
 
 
+def test_generate_reserves_from_the_wallet_only_when_allowed(network: Network,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """A client with an empty pool: --no-deposit refuses in one line; by default the shortfall is deposited from
+    the wallet in the same transaction that reserves for the route, and the summary says so. A later run counts
+    what the node is still owed (as it reports it) and reserves only what is missing."""
+    fresh = ["--prompt-ids", "5,6,7", "--alpha", "1", "--max-new-tokens", "3", "--ignore-eos", "--model",
+             str(network.model), "--deployment", network.deployment_file, "--dev-account", "8"]
+    code, out, err = run(capsys, "generate", *fresh, "--no-deposit")
+    assert code == 1 and out == "" and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith("p2pclient generate: error: the route needs 0.000006 ETH more reserved for its nodes, the "
+                          "escrow pool holds 0 ETH")
+    code, out, err = run(capsys, "generate", *fresh)
+    assert code == 0, err
+    assert ("reserved  0.000006 ETH for 1 node(s) in one transaction, 0.000006 ETH of it deposited from the wallet"
+            in err)
+    # The node has not claimed the first run's 5 tokens yet: the next run tops up by exactly that much.
+    code, out, err = run(capsys, "generate", *fresh, "--json")
+    assert code == 0 and [r["amounts_wei"] for r in json.loads(out)["reservations"]] == [[5 * 10**12]]
+
+
 def test_max_price_picks_an_affordable_route_or_refuses(network: Network,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     ids = ",".join(map(str, PROMPT))
@@ -184,7 +204,7 @@ def test_chat_over_piped_stdin_keeps_the_conversation(network: Network, capsys: 
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("sys.stdin", io.StringIO("w20 w21\n\nw30\n/quit\nw40 never sent\n"))
     code, out, err = run(capsys, "chat", "--max-new-tokens", "4", "--alpha", "1", *network.args())
-    assert code == 0
+    assert code == 0, err
     answers = out.splitlines()
     costs = [line for line in err.splitlines() if line.startswith("[")]
     assert len(answers) == 2 and len(costs) == 2 and "Traceback" not in err

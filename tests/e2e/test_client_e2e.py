@@ -1,8 +1,9 @@
 """The client end to end on a real anvil with four real node processes over the tiny Llama (8 layers):
 [0,3) A, [3,6) cheap-but-slow B and fast-but-dear C, [6,8) D. α=1 routes through B, α=0 through C; tokens
-equal transformers' greedy `generate`; on-chain each node is paid exactly price × tokens it processed. Then a
-node is killed with SIGKILL mid-generation: the output is still identical and nobody is paid for tokens it
-did not process."""
+equal transformers' greedy `generate`; before each generation one transaction reserves for the route's nodes;
+on-chain each node is paid exactly price × tokens it processed, from what was reserved for it. Then a node is
+killed with SIGKILL mid-generation: the output is still identical, the replacement is funded before it is used,
+and nobody is paid for tokens it did not process."""
 
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ def _args(name: str, model: ModelSource, deployment_file: str, tmp_path) -> list
 def network(dev_chain: DevChain, tiny_llama_source: ModelSource, tmp_path) -> Iterator[Network]:
     deployment_file = str(tmp_path / "deployment.json")
     dev_chain.deployment.save(tmp_path / "deployment.json")
-    dev_chain.as_account(CLIENT_ACCOUNT).deposit(10**17)
+    dev_chain.as_account(CLIENT_ACCOUNT).deposit(10**17)  # into the pool; generations reserve from it
     nodes: dict[str, NodeProcess] = {}
     try:
         for name in NODES:
@@ -100,6 +101,11 @@ def test_alpha_picks_cheap_or_fast_and_everyone_is_paid_exactly(network: Network
     assert _route_names(network, fast) == ["A", "C", "D"]
     assert cheap.token_ids == expected and fast.token_ids == expected
     assert cheap.route.price_wei_per_token == PRICE_WEI["A"] + PRICE_WEI["B"] + PRICE_WEI["D"]
+    # One transaction reserved for all three hops of the first route, each a session's worth at most.
+    assert len(cheap.reservations) == 1 and sorted(map(network.name_of, cheap.reservations[0].nodes)) == \
+        ["A", "B", "D"]
+    assert cheap.reservations[0].deposit_wei == 0  # the pool had enough
+    assert len(fast.reservations) == 1 and "C" in map(network.name_of, fast.reservations[0].nodes)
 
     for node in network.nodes.values():
         assert node.stop() == 0  # graceful stop claims what the node holds
@@ -113,7 +119,9 @@ def test_alpha_picks_cheap_or_fast_and_everyone_is_paid_exactly(network: Network
             paid = chain.paid_for(chain.address, hop.node, hop.session_id)
             assert paid == hop.tokens * PRICE_WEI[name] == hop.cost_wei
             spent += paid
-    assert chain.escrow_balance(chain.address) == 10**17 - spent
+    left = chain.pool_balance(chain.address) + sum(chain.allocation_of(chain.address, node.address).amount_wei
+                                                   for node in network.nodes.values())
+    assert left == 10**17 - spent
 
 
 def test_failover_after_kill_9_keeps_output_and_pays_only_work_done(network: Network, tmp_path) -> None:
@@ -130,6 +138,7 @@ def test_failover_after_kill_9_keeps_output_and_pays_only_work_done(network: Net
     # The replacement was paid for the replayed history and everything after it.
     assert replacement.tokens == len(PROMPT) + NEW_TOKENS - 1
     assert 0 < failed.tokens < replacement.tokens
+    assert [network.name_of(n) for n in result.reservations[-1].nodes] == ["C"]  # funded before its replay
 
     # Restart the killed node: it claims what it had accepted, which is exactly the tokens it processed.
     restarted = start_node(_args("B", network.model, network.deployment_file, network.root), cwd=network.root)

@@ -1,6 +1,7 @@
 """Every class of bad input gets a 4xx (402 for payment, 503 for a full cache) with a JSON error body, never a
 500, and the node keeps serving good requests afterwards. The app runs in-process (ASGI) over a real tiny
-shard, a real SQLite ledger and a real anvil escrow."""
+shard, a real SQLite ledger and a real anvil escrow. The escrow cover is what the client reserved for this node:
+its pool, and what it reserved for other nodes, do not count, and it is shared by all of the client's sessions."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from fastapi.testclient import TestClient
 from node.api import AppState
 from node.app import create_app
 from node.executor import ShardExecutor
+from node.exposure import Exposure
 from node.ledger import Ledger
 from node.metrics import Metrics
 from node.payment import CachedEscrowView, Terms
@@ -70,15 +72,16 @@ def hidden(tokens: int = 1, dtype: torch.dtype = torch.float32, width: int = HID
 def harness(dev_chain: DevChain, tiny_llama_source: ModelSource, tmp_path) -> Iterator[Harness]:
     node_chain = dev_chain.as_account(1)
     client = dev_chain.as_account(2)
-    client.deposit(10**15)
+    client.reserve([node_chain.address], [10**15], deposit_wei=10**15)
     domain = node_chain.escrow_domain()
     terms = Terms(node=node_chain.address, domain=domain, price_wei_per_token=PRICE, credit_wei=0,
                   max_receipt_validity_s=86400)
     executor = ShardExecutor(load_shard(tiny_llama_source, 0, 4), budget_tokens=64, ttl_s=300)
     ledger = Ledger(tmp_path / "ledger.sqlite")
-    escrow = CachedEscrowView(node_chain)
-    state = AppState(executor=executor, ledger=ledger, terms=terms, escrow=escrow, info={"node": node_chain.address},
-                     metrics=Metrics(), max_body_bytes=64 * 1024, max_session_length=32)
+    escrow = CachedEscrowView(node_chain, node_chain.address)
+    state = AppState(executor=executor, ledger=ledger, terms=terms, escrow=escrow, exposure=Exposure(ledger),
+                     info={"node": node_chain.address}, metrics=Metrics(), max_body_bytes=64 * 1024,
+                     max_session_length=32)
     with TestClient(create_app(state), raise_server_exceptions=False) as http:
         yield Harness(http, state, client, node_chain.address, domain, client.block_timestamp() + 3600)
     ledger.close()
@@ -259,36 +262,71 @@ def test_forward_route_method_headers_and_schema(harness: Harness) -> None:
 
 def test_unreadable_escrow_is_503_not_500(harness: Harness) -> None:
     class DownChain:
-        def escrow_balance(self, client: str) -> int:
-            raise ConnectionError("RPC down")
-
-        def thaw_of(self, client: str) -> object:
+        def allocation_of(self, client: str, node: str) -> object:
             raise ConnectionError("RPC down")
 
     sid = harness.open()
-    harness.state.escrow = CachedEscrowView(DownChain())  # type: ignore[arg-type]
+    harness.state.escrow = CachedEscrowView(DownChain(), harness.node)  # type: ignore[arg-type]
     response = harness.forward(sid, hidden())
     _error(response, 503, "chain_unavailable")
     assert response.headers["Retry-After"] == "2"
 
 
+class Reserved:
+    """An escrow view with a settable reservation (the allocation as the node would read it)."""
+
+    def __init__(self, wei: int) -> None:
+        self.wei = wei
+        self.fresh_reads = 0
+
+    def reserved_wei(self, client: str, until: int, fresh: bool = False) -> int:
+        self.fresh_reads += fresh
+        return self.wei
+
+
 def test_escrow_cover_counts_what_was_claimed_meanwhile(harness: Harness) -> None:
-    """Outstanding = signed − already paid. After a claim drains the client's balance, the node must use the
-    paid amount the ledger now records, not the one it read when the session started."""
-
-    class Balance:
-        wei = 10 * PRICE
-
-        def available_wei(self, client: str, until: int) -> int:
-            return self.wei
-
-    escrow = Balance()
+    """Unpaid = signed − already paid. After a claim spends part of the reservation, the node uses the paid
+    amount the claimer reported, not the one it knew when the session started."""
+    escrow = Reserved(10 * PRICE)
     harness.state.escrow = escrow
     sid = harness.open()
     assert harness.forward(sid, hidden(), receipt=harness.receipt(sid, 1, amount=8 * PRICE)).status_code == 200
-    harness.state.ledger.mark_paid(harness.client.address, bytes.fromhex(sid[2:]), 8 * PRICE)  # the claimer's work
-    escrow.wei = 2 * PRICE  # what the claim left in escrow
+    session = bytes.fromhex(sid[2:])
+    harness.state.ledger.mark_paid(harness.client.address, session, 8 * PRICE)  # the claimer's work
+    harness.state.exposure.paid(harness.client.address, session, 8 * PRICE)
+    escrow.wei = 2 * PRICE  # what the claim left reserved
     assert harness.forward(sid, hidden(), position=1, receipt=harness.receipt(sid, 2, amount=9 * PRICE)).status_code \
         == 200
     _error(harness.forward(sid, hidden(), position=2, receipt=harness.receipt(sid, 3, amount=11 * PRICE)), 402,
            "insufficient_escrow")
+
+
+def test_escrow_cover_is_shared_by_the_clients_sessions(harness: Harness) -> None:
+    """Two sessions of one client spend one reservation: the second may not count what the first holds."""
+    harness.state.escrow = Reserved(10 * PRICE)
+    first, second = harness.open(), harness.open()
+    assert harness.forward(first, hidden(), receipt=harness.receipt(first, 1, amount=7 * PRICE)).status_code == 200
+    body = _error(harness.forward(second, hidden(), receipt=harness.receipt(second, 1, amount=4 * PRICE)), 402,
+                  "insufficient_escrow")
+    assert body["detail"]["needed_wei"] == str(11 * PRICE)
+    assert harness.forward(second, hidden(), receipt=harness.receipt(second, 1, amount=3 * PRICE)).status_code == 200
+    opened = harness.http.post("/sessions", json={"session_id": "0x" + os.urandom(32).hex(),
+                                                  "client": harness.client.address, "max_length": 4})
+    assert opened.json()["client_unpaid_wei"] == str(10 * PRICE)
+
+
+def test_the_pool_and_other_nodes_reservations_do_not_count(harness: Harness, dev_chain: DevChain) -> None:
+    """A client with a full pool, and with funds reserved for another node, has nothing reserved for this one:
+    its receipt is refused, whatever it could pay from elsewhere. Once it reserves for this node, the next
+    request is served at once: a refusal is checked against a fresh read of the chain first, at most once a
+    second per session."""
+    other = dev_chain.as_account(6)
+    other.deposit(10**17)
+    other.reserve([dev_chain.as_account(7).address], [10**16])
+    sid = harness.open(client=other.address)
+    receipt = harness.receipt(sid, 1, key=bytes(other.account.key), client=other.address)
+    _error(harness.forward(sid, hidden(), receipt=receipt), 402, "insufficient_escrow")
+    other.reserve([harness.node], [PRICE])
+    _error(harness.forward(sid, hidden(), receipt=receipt), 402, "insufficient_escrow")  # refused 0 s ago
+    harness.state.fresh_escrow_min_s = 0
+    assert harness.forward(sid, hidden(), receipt=receipt).status_code == 200

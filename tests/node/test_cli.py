@@ -1,4 +1,5 @@
-"""`p2pnode`'s argument parsing: bad `--cpus` lists are usage errors (exit 2) naming the problem."""
+"""`p2pnode`'s argument parsing (bad `--cpus` lists are usage errors, exit 2, naming the problem) and `prune`
+against a real anvil."""
 
 from __future__ import annotations
 
@@ -19,3 +20,35 @@ def test_serve_rejects_bad_cpu_lists(cpus: str, message: str, capsys: pytest.Cap
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "usage: p2pnode serve" in err and f"argument --cpus: {message}" in err
+
+
+def test_prune_removes_only_long_expired_offers(dev_chain, tiny_llama_source, tmp_path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """`p2pnode prune` run by a third party on a real anvil: three offers of one node die, a fourth is kept
+    alive; a day after expiry the dead ones go, in batches, and the live one is on the first page."""
+    import json
+
+    from p2pllm.model_id import model_id
+
+    deployment = tmp_path / "deployment.json"
+    dev_chain.deployment.save(deployment)
+    model = model_id(tiny_llama_source.path)
+    owner = dev_chain.as_account(1)
+    for i in range(3):
+        owner.register_offer(model, i, i + 1, 1, f"http://127.0.0.1:{9000 + i}")
+    dev_chain.increase_time(601)
+    live = dev_chain.as_account(2).register_offer(model, 0, 8, 1, "http://127.0.0.1:9100")[0]
+    common = ["--model", str(tiny_llama_source.path), "--deployment", str(deployment), "--dev-account", "3"]
+    assert p2pnode(["prune", *common, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["pruned"] == 0  # expired, but less than a day ago
+    dev_chain.increase_time(86400 - 300)
+    dev_chain.as_account(2).heartbeat(live)
+    dev_chain.increase_time(400)
+    assert p2pnode(["prune", *common, "--batch", "2"]) == 0
+    out, err = capsys.readouterr()
+    assert "pruned 3 offer(s) in 2 transaction(s); the model's list holds 1 entry (was 4)" in out
+    assert err.count("tx 0x") == 2
+    assert [o.offer_id for o in owner.live_offers(model)] == [live]
+    assert owner.offer_count_by_model(model) == 1 and owner.offers_of(owner.address, model) == []
+    assert p2pnode(["prune", *common, "--batch", "201"]) == 1
+    assert "--batch must be in 1..200" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """End to end on a real anvil with a real `p2pnode serve` process (uvicorn) over the tiny Llama:
-register → serve → deposit → prefill + decode with receipts → claim → the escrow moved exactly
-price × tokens; and a node killed with SIGKILL claims, on restart, everything it had accepted."""
+register → serve → reserve for the node → prefill + decode with receipts → claim → the node's allocation moved
+exactly price × tokens; and a node killed with SIGKILL claims, on restart, everything it had accepted, then
+serves a new session of the same client only up to what is left reserved for it."""
 
 from __future__ import annotations
 
@@ -54,7 +55,8 @@ def test_register_serve_pay_claim(dev_chain: DevChain, deployment_file: str, tin
     assert registered["offer_id"] == 1 and registered["tx_hash"].startswith("0x")
 
     client_chain = dev_chain.as_account(CLIENT_ACCOUNT)
-    client_chain.deposit(10**17)
+    node_address = dev_account(NODE_ACCOUNT).address
+    client_chain.reserve([node_address], [10**17], deposit_wei=10**17)
     cpu = max(os.sched_getaffinity(0))
     node = start_node(_serve_args(tiny_llama_source, deployment_file, tmp_path / "node", ("--cpus", str(cpu))),
                       cwd=tmp_path)
@@ -89,15 +91,17 @@ def test_register_serve_pay_claim(dev_chain: DevChain, deployment_file: str, tin
         assert node.stop() == 0  # graceful: claims what it holds on the way out
     node_chain = Chain.connect(dev_chain.anvil.rpc_url, dev_account(NODE_ACCOUNT), dev_chain.deployment)
     assert node_chain.paid_for(client_chain.address, node.address, session.session_id) == 8 * PRICE_WEI
-    assert client_chain.escrow_balance(client_chain.address) == 10**17 - 8 * PRICE_WEI
+    assert client_chain.allocation_of(client_chain.address, node.address).amount_wei == 10**17 - 8 * PRICE_WEI
+    assert client_chain.pool_balance(client_chain.address) == 0
     assert "claimed 1 receipt(s), 8000000000000 wei" in "".join(node.lines)
 
 
 def test_kill_9_then_restart_claims_everything(dev_chain: DevChain, deployment_file: str,
                                                tiny_llama_source: ModelSource, tmp_path) -> None:
     client_chain = dev_chain.as_account(CLIENT_ACCOUNT)
-    client_chain.deposit(10**17)
-    args = _serve_args(tiny_llama_source, deployment_file, tmp_path / "node")
+    reserved = 15 * PRICE_WEI
+    client_chain.reserve([dev_account(NODE_ACCOUNT).address], [reserved], deposit_wei=reserved)
+    args = _serve_args(tiny_llama_source, deployment_file, tmp_path / "node", ("--claim-max-age", "3600"))
     node = start_node(args, cwd=tmp_path)
     sessions = []
     with httpx.Client(timeout=30) as http:
@@ -108,7 +112,7 @@ def test_kill_9_then_restart_claims_everything(dev_chain: DevChain, deployment_f
             assert session.forward(torch.randn(1, 1, 256)).status_code == 200
             sessions.append(session)
     node.stop(signal.SIGKILL)
-    assert client_chain.escrow_balance(client_chain.address) == 10**17  # nothing claimed before the crash
+    assert client_chain.allocation_of(client_chain.address, node.address).amount_wei == reserved  # nothing claimed
 
     restarted = start_node(args, cwd=tmp_path)
     try:
@@ -116,6 +120,15 @@ def test_kill_9_then_restart_claims_everything(dev_chain: DevChain, deployment_f
         for session in sessions:
             assert client_chain.paid_for(client_chain.address, node.address, session.session_id) == \
                 session.tokens * PRICE_WEI
+        left = reserved - (4 + 7) * PRICE_WEI
+        assert client_chain.allocation_of(client_chain.address, node.address).amount_wei == left
+        with httpx.Client(timeout=30) as http:
+            session = _session(dev_chain, restarted.endpoint, http)
+            opened = session.open(max_length=16)
+            assert opened.status_code == 201 and opened.json()["client_unpaid_wei"] == "0"
+            over = session.forward(torch.randn(1, left // PRICE_WEI + 1, 256))
+            assert over.status_code == 402 and over.json()["error"] == "insufficient_escrow", over.text
+            assert session.forward(torch.randn(1, left // PRICE_WEI, 256)).status_code == 200
     finally:
         restarted.stop()
-    assert client_chain.escrow_balance(client_chain.address) == 10**17 - (4 + 7) * PRICE_WEI
+    assert client_chain.allocation_of(client_chain.address, node.address).amount_wei == 0

@@ -1,5 +1,6 @@
-"""The chain adapter against a real anvil: registry calls, the deposit → sign → claim → withdraw cycle,
-batch claims, decoded custom errors, and Python/Solidity EIP-712 parity."""
+"""The chain adapter against a real anvil: registry calls and pruning, the deposit → reserve → sign → claim →
+release → withdraw cycle, batch claims, decoded custom errors, Python/Solidity EIP-712 parity, the reservation
+formula's parity with the contract's, and the EIP-1153 probe."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pytest
 from eth_account import Account
 from web3 import Web3
 
-from p2pllm.chain import Chain, ChainError, Deployment, Thaw, TxReverted
+from p2pllm.chain import Allocation, Chain, ChainError, Deployment, TxReverted
+from p2pllm.devnet import Anvil
 from p2pllm.keys import dev_account
 from p2pllm.receipts import RECEIPT_TYPEHASH, Receipt, receipt_digest, sign_receipt
 from tests.chain_fixtures import THAW_S, DevChain
@@ -32,10 +34,13 @@ def test_typehash_and_digest_parity(dev_chain: DevChain) -> None:
         assert chain.onchain_receipt_digest(receipt) == receipt_digest(receipt, chain.escrow_domain())
 
 
-def test_deposit_sign_claim_withdraw_cycle(dev_chain: DevChain) -> None:
+def test_deposit_reserve_claim_release_withdraw_cycle(dev_chain: DevChain) -> None:
     client, node = dev_chain.as_account(1), dev_chain.as_account(2)
     client.deposit(ETH)
-    assert client.escrow_balance(client.address) == ETH
+    assert client.pool_balance(client.address) == ETH
+    client.reserve([node.address], [10**16], deposit_wei=0)
+    assert client.pool_balance(client.address) == ETH - 10**16
+    assert client.allocation_of(client.address, node.address) == Allocation(10**16, 0, 0)
     deadline = client.block_timestamp() + 3600
     domain = client.escrow_domain()
     node_before = node.eth_balance(node.address)
@@ -49,29 +54,39 @@ def test_deposit_sign_claim_withdraw_cycle(dev_chain: DevChain) -> None:
     gas_spent = sum(tx.gas_used * node.w3.eth.get_transaction(tx.tx_hash)["gasPrice"] for tx in (tx1, tx2))
     assert node.eth_balance(node.address) - node_before > 5 * 10**15 - gas_spent - 10**15
     assert node.paid_for(client.address, node.address, first.session_id) == 5 * 10**15
+    assert client.allocation_of(client.address, node.address).amount_wei == 5 * 10**15
 
-    client.request_withdraw(ETH - 5 * 10**15)
+    client.request_release([node.address], [5 * 10**15])
     with pytest.raises(TxReverted) as early:
-        client.withdraw()
+        client.release([node.address])
     assert early.value.error == "Escrow__StillThawing"
     dev_chain.increase_time(THAW_S)
-    amount, _ = client.withdraw()
-    assert amount == ETH - 5 * 10**15
-    assert client.escrow_balance(client.address) == 0
+    moved, _ = client.release([node.address])
+    assert moved == 5 * 10**15
+    assert client.allocation_of(client.address, node.address) == Allocation(0, 0, 0)
+    client.withdraw(ETH - 5 * 10**15)
+    assert client.pool_balance(client.address) == 0
+    with pytest.raises(TxReverted) as empty:
+        client.withdraw(1)
+    assert empty.value.error == "Escrow__InsufficientPool"
 
 
 def test_escrow_reads_agree_with_web3(dev_chain: DevChain) -> None:
-    """balance and thaw are read by plain JSON-RPC (the node's hot path); web3's contract calls are the oracle."""
-    client = dev_chain.as_account(4)
+    """pool and allocation are read by plain JSON-RPC (the node's hot path); web3's contract calls are the oracle,
+    and the Python reservation formula equals the contract's `reservedUntil`."""
+    client, node = dev_chain.as_account(4), dev_chain.as_account(5).address
     escrow = client.escrow
     assert escrow is not None
-    assert (client.escrow_balance(client.address), client.thaw_of(client.address)) == (0, Thaw(0, 0))
-    client.deposit(3 * 10**15)
-    client.request_withdraw(10**15)
-    thaw = client.thaw_of(client.address.lower())
-    assert (thaw.amount_wei, thaw.ready_at) == tuple(escrow.functions.thawOf(client.address).call())
-    assert thaw.amount_wei == 10**15 and thaw.ready_at > client.block_timestamp()
-    assert client.escrow_balance(client.address) == escrow.functions.balanceOf(client.address).call() == 3 * 10**15
+    assert (client.pool_balance(client.address), client.allocation_of(client.address, node)) == (0, Allocation(0))
+    client.reserve([node], [3 * 10**15], deposit_wei=4 * 10**15)
+    client.request_release([node], [10**15])
+    allocation = client.allocation_of(client.address.lower(), node.lower())
+    assert (allocation.amount_wei, allocation.thawing_wei, allocation.ready_at) == \
+        tuple(escrow.functions.allocationOf(client.address, node).call())
+    assert allocation.thawing_wei == 10**15 and allocation.ready_at > client.block_timestamp()
+    assert client.pool_balance(client.address) == escrow.functions.poolOf(client.address).call() == 10**15
+    for until in (0, allocation.ready_at - 1, allocation.ready_at, allocation.ready_at + 1, 2**64 - 1):
+        assert allocation.reserved_until(until) == client.reserved_until(client.address, node, until)
 
 
 def test_unreachable_rpc_is_a_chain_error(dev_chain: DevChain) -> None:
@@ -80,12 +95,12 @@ def test_unreachable_rpc_is_a_chain_error(dev_chain: DevChain) -> None:
         port = closed.getsockname()[1]
     offline = Chain(Web3(Web3.HTTPProvider(f"http://127.0.0.1:{port}")), None, dev_chain.deployment)
     with pytest.raises(ChainError, match="RPC unreachable"):
-        offline.escrow_balance(dev_account(4).address)
+        offline.allocation_of(dev_account(4).address, dev_account(5).address)
 
 
 def test_batch_reports_each_item(dev_chain: DevChain) -> None:
     client, node = dev_chain.as_account(1), dev_chain.as_account(2)
-    client.deposit(ETH)
+    client.reserve([node.address], [ETH], deposit_wei=ETH)
     deadline = client.block_timestamp() + 3600
     domain = client.escrow_domain()
     good = [_receipt(client.address, node.address, 10**15, deadline, bytes([i]) * 32) for i in range(3)]
@@ -94,7 +109,7 @@ def test_batch_reports_each_item(dev_chain: DevChain) -> None:
     items.insert(1, (forged, sign_receipt(forged, domain, Account.create().key)))
     paid, _ = node.claim_batch(items)
     assert paid == [10**15, 0, 10**15, 10**15]
-    assert client.escrow_balance(client.address) == ETH - 3 * 10**15
+    assert client.allocation_of(client.address, node.address).amount_wei == ETH - 3 * 10**15
 
 
 def test_registry_lifecycle_and_paging(dev_chain: DevChain) -> None:
@@ -114,6 +129,23 @@ def test_registry_lifecycle_and_paging(dev_chain: DevChain) -> None:
     assert denied.value.error == "Registry__NotOwner" and denied.value.error_args["offerId"] == ids[0]
     dev_chain.increase_time(601)
     assert node.live_offers(MODEL) == []
+    assert node.offer_count_by_model(MODEL) == 2  # expired, not yet prunable
+    assert stranger.prune_offers(MODEL)[0] == 0
+    dev_chain.increase_time(86400)
+    pruned, cursor, _ = stranger.prune_offers(MODEL, 0, 1)  # a third party, one entry at a time
+    assert (pruned, cursor) == (1, ids[2])
+    assert stranger.prune_offers(MODEL, cursor, 1)[:2] == (1, 0)
+    assert node.offer_count_by_model(MODEL) == 0
+    with pytest.raises(TxReverted) as gone:
+        node.heartbeat(ids[0])
+    assert gone.value.error == "Registry__UnknownOffer"
+
+
+def test_transient_storage_probe() -> None:
+    with Anvil() as cancun:
+        assert Chain.connect(cancun.rpc_url).supports_transient_storage()
+    with Anvil(extra_args=("--hardfork", "shanghai")) as shanghai:
+        assert not Chain.connect(shanghai.rpc_url).supports_transient_storage()
 
 
 def test_connect_errors_are_one_line(dev_chain: DevChain, tmp_path) -> None:

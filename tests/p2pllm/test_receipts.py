@@ -44,7 +44,7 @@ def _eth_account_digest(receipt: Receipt, domain: EscrowDomain) -> bytes:
                         {"name": "amount", "type": "uint256"}, {"name": "deadline", "type": "uint64"}],
         },
         "primaryType": "Receipt",
-        "domain": {"name": "P2P-LLM PaymentEscrow", "version": "1", "chainId": domain.chain_id,
+        "domain": {"name": "P2P-LLM PaymentEscrow", "version": "2", "chainId": domain.chain_id,
                    "verifyingContract": domain.escrow},
         "message": {"client": receipt.client, "node": receipt.node, "sessionId": receipt.session_id,
                     "tokens": receipt.tokens, "amount": receipt.amount_wei, "deadline": receipt.deadline},

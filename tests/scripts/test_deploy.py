@@ -77,3 +77,18 @@ def test_no_code_at_deployment_address(anvil: Anvil, tmp_path) -> None:
         assert "no contract code for OfferRegistry" in str(exc)
     else:
         raise AssertionError("expected ChainError")
+
+
+def test_chain_without_transient_storage_is_refused(tmp_path) -> None:
+    with Anvil(extra_args=("--hardfork", "shanghai")) as shanghai:
+        result = _run("--network", "anvil", "--rpc-url", shanghai.rpc_url, "--out-dir", str(tmp_path))
+    _assert_one_line_error(result, "lacks EIP-1153 transient storage")
+    assert not (tmp_path / "anvil.json").exists()
+
+
+def test_thaw_bounds(tmp_path) -> None:
+    for thaw, validity in (("3599", "1"), (str(31 * 86400), "86400"), ("90000", "87000"), ("7200", "0")):
+        result = _run("--network", "anvil", "--rpc-url", "http://127.0.0.1:1", "--thaw-period", thaw,
+                      "--max-receipt-validity", validity, "--out-dir", str(tmp_path))
+        assert result.returncode == 2
+        assert "--thaw-period <= 2592000" in result.stderr and "Traceback" not in result.stderr
