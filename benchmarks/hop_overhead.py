@@ -1,12 +1,14 @@
-"""Per-hop overhead of serving over HTTP: one decode step at hidden size 576 (SmolLM2's width) through a real
-`p2pnode serve` process on loopback, paid with a receipt, versus the same shard called in-process.
+"""Per-hop overhead of the stream path: one decode step at hidden size 576 (SmolLM2's width) through a real
+`p2pnode serve` process on loopback, sent as a `Step` frame over the session's WebSocket with a receipt and
+answered with a `StepResult` frame, versus the same shard called in-process.
 
     python benchmarks/hop_overhead.py [--steps 300] [--cpus auto]     # prints one JSON line
 
-overhead = median(HTTP step: encode + POST + receipt verification + ledger write + decode) − median(in-process
-executor step, interleaved), both on a one-layer Llama of SmolLM2's shape with one torch thread. Also reported:
-the median of (HTTP step − the compute time the node itself reports in Server-Timing for that step).
-Client-side receipt signing is timed separately (`sign_ms_median`) and not part of the overhead.
+overhead = median(stream step: frame encode + send + receipt verification + ledger write + result frame +
+decode) − median(in-process executor step, interleaved), both on a one-layer Llama of SmolLM2's shape with one
+torch thread. Also reported: the median of (stream step − the compute time the node itself reports in the
+result frame). Client-side receipt signing is timed separately (`sign_ms_median`) and not part of the
+overhead.
 
 `--cpus` pins the node processes and this process (client and in-process baseline alike) to the same CPUs, as
 `p2pnode serve --cpus` does for several nodes on one host: auto (default) = the last allowed CPU, none = no
@@ -21,6 +23,7 @@ receipt without recovering or storing it again (`overhead_ms_median_credit16`).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import statistics
 import sys
@@ -36,8 +39,8 @@ from node.executor import ShardExecutor
 from p2pllm.cli_common import format_eth
 from p2pllm.cpus import format_cpu_list, parse_cpu_option, pin_process
 from p2pllm.localnet import LocalNetwork, NodeSpec
-from p2pllm.net import http_client
 from p2pllm.shard import load_shard
+from p2pllm.wire import StepResult
 
 HIDDEN = 576
 
@@ -58,20 +61,23 @@ CREDIT_TOKENS = 16
 
 @dataclass
 class Samples:
-    http_ms: list[float] = field(default_factory=list)  # one paid step over HTTP, signing excluded
+    stream_ms: list[float] = field(default_factory=list)  # one paid step over the stream, signing excluded
     sign_ms: list[float] = field(default_factory=list)
-    node_compute_ms: list[float] = field(default_factory=list)  # from the node's Server-Timing header
+    node_compute_ms: list[float] = field(default_factory=list)  # what the node reports in the result frame
 
-    def step(self, hop: HopSession, x: torch.Tensor) -> None:
+    async def step(self, hop: HopSession, x: torch.Tensor) -> None:
         signing_before = hop.signing_s
         started = time.perf_counter()
-        hop.forward(x)
+        await hop.send(hop.step(hop.tokens, x))
+        result = await hop.recv(30.0)
         elapsed = time.perf_counter() - started
-        timing = dict(item.strip().split(";dur=") for item in hop.last_server_timing.split(","))
+        if not isinstance(result, StepResult):
+            raise RuntimeError(f"node answered {result}")
+        hop.served(result, int(x.shape[1]))
         signing = hop.signing_s - signing_before
-        self.http_ms.append(1000 * (elapsed - signing))
+        self.stream_ms.append(1000 * (elapsed - signing))
         self.sign_ms.append(1000 * signing)
-        self.node_compute_ms.append(float(timing["compute"]))
+        self.node_compute_ms.append(result.compute_ms)
 
 
 def measure(model: Path, steps: int, workdir: Path, cpus: frozenset[int] | None
@@ -85,30 +91,33 @@ def measure(model: Path, steps: int, workdir: Path, cpus: frozenset[int] | None
     price, credit = (format_eth(wei).removesuffix(" ETH") for wei in (PRICE_WEI, CREDIT_TOKENS * PRICE_WEI))
     specs = [NodeSpec("A", 0, 1, price, 1, ("--threads", "1")),
              NodeSpec("B", 0, 1, price, 3, ("--threads", "1", "--credit", credit))]
-    with LocalNetwork(workdir, str(model), specs, log=lambda m: print(m, file=sys.stderr),
-                      node_cpus=cpus) as net, http_client() as http:
+    with LocalNetwork(workdir, str(model), specs, log=lambda m: print(m, file=sys.stderr), node_cpus=cpus) as net:
         client = net.chain(2)
         client.reserve([net.nodes["A"].address, net.nodes["B"].address], [10**17, 10**17], deposit_wei=2 * 10**17)
         payer = Payer(client.address, bytes(client.account.key), client.escrow_domain())
-        hops = []
-        for name, credit_wei in (("A", 0), ("B", CREDIT_TOKENS * PRICE_WEI)):
-            node = net.nodes[name]
-            hop = HopSession(http, payer, node.address, node.endpoint, node.offer_id, 0, 1, PRICE_WEI, credit_wei,
-                             steps + 8)
-            hop.open()
-            hop.forward(torch.randn(1, 4, HIDDEN))
-            hops.append(hop)
-        strict, credited, local_ms = Samples(), Samples(), []
-        for i in range(steps):
-            x = torch.randn(1, 1, HIDDEN)
-            strict.step(hops[0], x)
-            credited.step(hops[1], x)
-            started = time.perf_counter()
-            local.forward(local_sid, x, torch.tensor([4 + i]))
-            local_ms.append(1000 * (time.perf_counter() - started))
-        for hop in hops:
-            hop.close()
-    return strict, credited, local_ms
+
+        async def run() -> tuple[Samples, Samples, list[float]]:
+            hops = []
+            for name, credit_wei in (("A", 0), ("B", CREDIT_TOKENS * PRICE_WEI)):
+                node = net.nodes[name]
+                hop = HopSession(payer, node.address, node.endpoint, node.offer_id, 0, 1, PRICE_WEI, credit_wei,
+                                 steps + 8, torch.float32, HIDDEN)
+                await hop.open()
+                await Samples().step(hop, torch.randn(1, 4, HIDDEN))
+                hops.append(hop)
+            strict, credited, local_ms = Samples(), Samples(), []
+            for i in range(steps):
+                x = torch.randn(1, 1, HIDDEN)
+                await strict.step(hops[0], x)
+                await credited.step(hops[1], x)
+                started = time.perf_counter()
+                local.forward(local_sid, x, torch.tensor([4 + i]))
+                local_ms.append(1000 * (time.perf_counter() - started))
+            for hop in hops:
+                await hop.close()
+            return strict, credited, local_ms
+
+        return asyncio.run(run())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,19 +136,20 @@ def main(argv: list[str] | None = None) -> int:
     local_median = statistics.median(local_ms)
 
     def vs_node(samples: Samples) -> float:
-        return round(statistics.median(h - c for h, c in zip(samples.http_ms, samples.node_compute_ms, strict=True)), 3)
+        pairs = zip(samples.stream_ms, samples.node_compute_ms, strict=True)
+        return round(statistics.median(total - compute for total, compute in pairs), 3)
 
     print(json.dumps({
-        "overhead_ms_median": round(statistics.median(strict.http_ms) - local_median, 3),
-        "http_step_ms_median": round(statistics.median(strict.http_ms), 3),
+        "overhead_ms_median": round(statistics.median(strict.stream_ms) - local_median, 3),
+        "stream_step_ms_median": round(statistics.median(strict.stream_ms), 3),
         "inprocess_step_ms_median": round(local_median, 3),
         "overhead_ms_median_vs_node_compute": vs_node(strict),
-        "http_step_ms_p90": round(statistics.quantiles(strict.http_ms, n=10)[-1], 3),
+        "stream_step_ms_p90": round(statistics.quantiles(strict.stream_ms, n=10)[-1], 3),
         "sign_ms_median": round(statistics.median(strict.sign_ms), 3),
-        "overhead_ms_median_credit16": round(statistics.median(credited.http_ms) - local_median, 3),
+        "overhead_ms_median_credit16": round(statistics.median(credited.stream_ms) - local_median, 3),
         "overhead_ms_median_credit16_vs_node_compute": vs_node(credited),
         "hidden_size": HIDDEN, "steps": args.steps, "threads": 1,
-        "cpus": format_cpu_list(cpus) if cpus else "none", "target_ms": 2.0,
+        "cpus": format_cpu_list(cpus) if cpus else "none", "target_ms": 1.5,
     }))
     return 0
 

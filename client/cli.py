@@ -107,6 +107,16 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from exc
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
 def _top_p(text: str) -> float:
     try:
         value = float(text)
@@ -124,6 +134,8 @@ def _add_model_options(parser: argparse.ArgumentParser, threads: bool = False) -
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"catalogue name or folder (default {DEFAULT_MODEL})")
     parser.add_argument("--dtype", default="float32", choices=DTYPES,
                         help="precision; only nodes running the same dtype are used (default float32)")
+    parser.add_argument("--ca-file", type=Path, metavar="PEM",
+                        help="verify nodes' https/wss certificates against this CA (default: the system's)")
     if threads:
         parser.add_argument("--threads", type=int, help="torch CPU threads for the local embeddings and LM head")
         parser.add_argument("--cpus", type=parse_cpus, metavar="LIST",
@@ -141,6 +153,12 @@ def _add_generation_options(parser: argparse.ArgumentParser, max_new_tokens: int
                         help="sampling temperature; 0 = greedy (default 0)")
     parser.add_argument("--top-p", type=_top_p, default=1.0, help="nucleus sampling mass in (0, 1] (default 1)")
     parser.add_argument("--seed", type=int, help="seed for sampling (reproducible output)")
+    parser.add_argument("--transport", choices=["relay", "star"], default="relay",
+                        help="relay: each node pushes its output to the next (default); star: the client feeds "
+                             "every node itself, for nodes that cannot reach each other")
+    parser.add_argument("--step-timeout", type=_positive_float, default=15.0, metavar="S",
+                        help="a hop silent this long on a step (plus 0.05 s per token) is probed, then rerouted "
+                             "(default 15)")
     parser.add_argument("--no-deposit", dest="allow_deposit", action="store_false",
                         help="reserve for the route's nodes only from the escrow pool; by default what the pool "
                              "lacks is deposited from the wallet in the same transaction")
@@ -441,7 +459,7 @@ def cmd_release(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------- market
 
 
-def load_market(chain: Chain, model: str, dtype: str) -> Market:
+def load_market(chain: Chain, model: str, dtype: str, ca_file: Path | None = None) -> Market:
     """The registry's offers for `model`, probed as `InferenceClient.market` does (no key, no weights)."""
     from p2pllm.model_id import model_id
     from p2pllm.models import resolve_model
@@ -449,7 +467,7 @@ def load_market(chain: Chain, model: str, dtype: str) -> Market:
     source = resolve_model(model)
     mid = model_id(source.path)
     return discover(chain.live_offers(mid), mid, source.num_layers, chain.chain_id, chain.escrow_domain().escrow,
-                    dtype, chain.block_timestamp())
+                    dtype, chain.block_timestamp(), ca_file=ca_file)
 
 
 def no_route_message(exc: NoRouteError, market: Market) -> str:
@@ -458,7 +476,7 @@ def no_route_message(exc: NoRouteError, market: Market) -> str:
 
 
 def cmd_offers(args: argparse.Namespace) -> int:
-    market = load_market(connect(args, needs_key=False), args.model, args.dtype)
+    market = load_market(connect(args, needs_key=False), args.model, args.dtype, args.ca_file)
     rows: list[tuple[Any, Candidate | None, str]] = [(c.offer, c, "ok") for c in market.candidates]
     rows += [(e.offer, None, e.reason) for e in market.excluded]
     rows.sort(key=lambda r: (r[0].start, r[0].end, r[0].price_wei_per_token, r[0].offer_id))
@@ -479,7 +497,7 @@ def cmd_offers(args: argparse.Namespace) -> int:
 
 
 def cmd_routes(args: argparse.Namespace) -> int:
-    market = load_market(connect(args, needs_key=False), args.model, args.dtype)
+    market = load_market(connect(args, needs_key=False), args.model, args.dtype, args.ca_file)
     try:
         frontier = pareto_frontier(market.route_offers(), market.num_layers)
     except NoRouteError as exc:
@@ -522,7 +540,8 @@ def inference_client(args: argparse.Namespace) -> Iterator[InferenceClient]:
     if args.cpus:
         pin_process(args.cpus)
     client = InferenceClient(connect(args), args.model, args.dtype, threads=args.threads,
-                             allow_deposit=args.allow_deposit)
+                             allow_deposit=args.allow_deposit, transport=args.transport, ca_file=args.ca_file,
+                             step_timeout_s=args.step_timeout)
     try:
         yield client
     finally:

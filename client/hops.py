@@ -1,28 +1,46 @@
-"""One hop of a route: a session on one node, fed hidden states and paid with cumulative EIP-712 receipts.
-A failure surfaces as `HopFailed` (the caller decides about rerouting) or `HopRejected` (a 4xx the client
-caused: a bug or a payment problem). Knows nothing about routing or retries."""
+"""One hop of a route: a session on one node over its own WebSocket stream, opened with the client's signature
+and paid with cumulative EIP-712 receipts. `HopSession` sends and receives typed frames (`p2pllm.wire`) and
+keeps the hop's payment state; it decides nothing about routes. A failure surfaces as `HopFailed` (unreachable,
+closed, timed out, unreadable: the caller may reroute) or `HopRejected` (the node refused for a reason
+rerouting will not fix, e.g. the client's funds). Knows nothing about routing or retries."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import http.client
-import json
 import os
+import ssl
 import time
+from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
-import httpx
 import torch
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from p2pllm import codec
-from p2pllm.net import KeepAlive
-from p2pllm.receipts import EscrowDomain, Receipt, sign_receipt
+from p2pllm.receipts import EscrowDomain, Receipt, SessionOpenTerms, sign_receipt, sign_session_open
+from p2pllm.wire import (
+    Message,
+    OpenSession,
+    Ping,
+    Pong,
+    ReceiptClaim,
+    SessionOpened,
+    Step,
+    StepError,
+    StepResult,
+    WireError,
+    encode,
+    parse,
+    stream_url,
+)
 
-FAILOVER_STATUSES = frozenset({404, 500, 502, 503, 504})
+OPEN_VALIDITY_S = 300  # how long a signed session open stays valid
 
 
 class HopFailed(Exception):
-    """The node is unreachable, timed out, or answered 5xx/503/404: reroute around it."""
+    """The node is unreachable, its stream closed or timed out, or it answered what rerouting can fix."""
 
     def __init__(self, node: str, endpoint: str, reason: str) -> None:
         super().__init__(f"hop {node} at {endpoint} failed: {reason}")
@@ -32,12 +50,11 @@ class HopFailed(Exception):
 
 
 class HopRejected(Exception):
-    """The node refused the request with a 4xx that rerouting will not fix."""
+    """The node refused for a reason that rerouting will not fix (a bug, or the client's payment)."""
 
-    def __init__(self, node: str, status: int, error: str, detail: object) -> None:
-        super().__init__(f"node {node} refused ({status} {error}): {detail}")
+    def __init__(self, node: str, error: str, detail: object) -> None:
+        super().__init__(f"node {node} refused ({error}): {detail}")
         self.node = node
-        self.status = status
         self.error = error
         self.detail = detail
 
@@ -52,11 +69,19 @@ class Payer:
     receipt_validity_s: int = 3600
 
 
+@dataclass(frozen=True)
+class StreamOptions:
+    """How the client dials nodes: TLS context for wss (a private CA when given), timeouts, frame size."""
+
+    ssl_context: ssl.SSLContext | None = None
+    connect_timeout_s: float = 10.0
+    max_frame_bytes: int = 64 * 1024 * 1024
+
+
 @dataclass
 class HopSession:
     """A session on one node serving layers [start, end) of a route."""
 
-    http: httpx.Client
     payer: Payer
     node: str
     endpoint: str
@@ -66,95 +91,144 @@ class HopSession:
     price_wei_per_token: int
     credit_wei: int
     max_length: int
+    dtype: torch.dtype
+    hidden_size: int
+    options: StreamOptions = field(default_factory=StreamOptions)
     session_id: bytes = field(default_factory=lambda: os.urandom(32))
     tokens: int = 0
     signed_wei: int = 0
     signing_s: float = 0.0
     deadline: int = 0
-    last_server_timing: str = ""
     client_unpaid_wei: int = 0
-    _receipt_header: str = ""
-    _fast: KeepAlive | None = None
+    last_compute_ms: float = 0.0
+    _claim: ReceiptClaim | None = None
+    _ws: ClientConnection | None = None
+    _pending: deque[Message] = field(default_factory=deque)
 
-    def open(self) -> None:
-        """Open the session; the node answers, among others, what this client already owes it unpaid."""
-        response = self._request("POST", "/sessions", json={"session_id": "0x" + self.session_id.hex(),
-                                                            "client": self.payer.address,
-                                                            "max_length": self.max_length,
-                                                            "layer_start": self.start, "layer_end": self.end})
+    # ------------------------------------------------------------------------------------------ stream
+
+    async def connect(self) -> None:
+        url = stream_url(self.endpoint)
         try:
-            self.client_unpaid_wei = int(response.json().get("client_unpaid_wei", 0))
-        except (ValueError, TypeError, AttributeError) as exc:
-            raise HopFailed(self.node, self.endpoint, f"malformed session answer: {exc}") from exc
+            self._ws = await connect(url, ssl=self.options.ssl_context if url.startswith("wss://") else None,
+                                     open_timeout=self.options.connect_timeout_s,
+                                     max_size=self.options.max_frame_bytes, compression=None, proxy=None)
+        except (OSError, TimeoutError, InvalidHandshake, InvalidURI, ssl.SSLError, WireError) as exc:
+            raise HopFailed(self.node, self.endpoint, f"cannot connect: {type(exc).__name__}: {exc}") from exc
+
+    async def open(self) -> SessionOpened:
+        """Connect if needed and open the session with a signed `OpenSession`. A refusal for lack of funds is a
+        `HopRejected` with code insufficient_escrow (the caller may reserve and open again)."""
+        if self._ws is None:
+            await self.connect()
+        deadline = int(time.time()) + OPEN_VALIDITY_S
+        terms = SessionOpenTerms(self.node, self.session_id, self.max_length, self.start, self.end, deadline)
+        signature = sign_session_open(terms, self.payer.domain, self.payer.private_key)
+        await self.send(OpenSession(self.session_id, self.payer.address, self.node, self.max_length, self.start,
+                                    self.end, deadline, signature))
+        answer = await self.recv(self.options.connect_timeout_s)
+        if isinstance(answer, SessionOpened) and answer.session_id == self.session_id:
+            self.client_unpaid_wei = answer.client_unpaid_wei
+            return answer
+        if isinstance(answer, StepError):
+            if answer.code in ("cache_full", "chain_unavailable", "session_exists"):
+                raise HopFailed(self.node, self.endpoint, f"open refused: {answer}")
+            raise HopRejected(self.node, answer.code, answer.detail)
+        raise HopFailed(self.node, self.endpoint, f"unexpected answer to open: {type(answer).__name__}")
+
+    async def send(self, message: Message) -> None:
+        if self._ws is None:
+            raise HopFailed(self.node, self.endpoint, "not connected")
+        try:
+            await self._ws.send(encode(message))
+        except (ConnectionClosed, OSError) as exc:
+            raise HopFailed(self.node, self.endpoint, f"stream closed: {exc}") from exc
+
+    async def recv(self, timeout_s: float) -> Message:
+        """The next frame from the node, parsed; HopFailed when the stream closes, stays silent for `timeout_s`,
+        or sends what cannot be read."""
+        if self._pending:
+            return self._pending.popleft()
+        if self._ws is None:
+            raise HopFailed(self.node, self.endpoint, "not connected")
+        try:
+            frame = await asyncio.wait_for(self._ws.recv(), timeout_s)
+        except TimeoutError as exc:
+            raise HopTimeout(self.node, self.endpoint, f"no answer within {timeout_s:g} s") from exc
+        except (ConnectionClosed, OSError) as exc:
+            raise HopFailed(self.node, self.endpoint, f"stream closed: {exc}") from exc
+        if not isinstance(frame, bytes):
+            raise HopFailed(self.node, self.endpoint, "sent a text frame")
+        try:
+            return parse(frame, max_bytes=self.options.max_frame_bytes, dtype=self.dtype,
+                         hidden_size=self.hidden_size)
+        except WireError as exc:
+            raise HopFailed(self.node, self.endpoint, f"unreadable frame: {exc}") from exc
+
+    async def ping(self, timeout_s: float) -> int | None:
+        """How far the node's session got (its next position), or None if it does not answer in time. Frames
+        that arrive meanwhile (late results) are kept for the next `recv`."""
+        held: list[Message] = []
+        try:
+            await self.send(Ping(self.session_id))
+            deadline = time.monotonic() + timeout_s
+            while (left := deadline - time.monotonic()) > 0:
+                answer = await self.recv(left)
+                if isinstance(answer, Pong):
+                    return answer.length
+                held.append(answer)
+        except HopFailed:
+            return None
+        finally:
+            self._pending.extend(held)
+        return None
+
+    async def close(self) -> None:
+        """End the stream; the node frees the session with it."""
+        if self._ws is not None:
+            with contextlib.suppress(ConnectionClosed, OSError, TimeoutError):
+                await asyncio.wait_for(self._ws.close(), 2.0)
+            self._ws = None
+
+    # ------------------------------------------------------------------------------------------ payment
+
+    @property
+    def owed_wei(self) -> int:
+        return self.tokens * self.price_wei_per_token
 
     @property
     def max_cost_wei(self) -> int:
         """The most this session can cost: every token up to its limit, plus the credit the client signs ahead."""
         return self.max_length * self.price_wei_per_token + self.credit_wei
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Send hidden states (1, n, hidden) at the next n positions; returns the node's output."""
-        tokens_after = self.tokens + int(hidden.shape[1])
-        header = self._receipt_for(tokens_after)
-        if self._fast is None:
-            self._fast = KeepAlive(self.endpoint, timeout_s=self.http.timeout.read or 120.0)
-        try:
-            status, headers, body = self._fast.post(
-                f"/sessions/0x{self.session_id.hex()}/forward", codec.encode(hidden),
-                {"X-Position": str(self.tokens), "X-Receipt": header, "Content-Type": "application/octet-stream"})
-        except (OSError, http.client.HTTPException) as exc:
-            raise HopFailed(self.node, self.endpoint, f"{type(exc).__name__}: {exc}") from exc
-        self._check_status(status, body)
-        self.last_server_timing = headers.get("server-timing", "")
-        self.tokens = tokens_after
-        try:
-            return codec.decode(body, expected_trailing_dim=int(hidden.shape[-1]))
-        except codec.CodecError as exc:
-            raise HopFailed(self.node, self.endpoint, f"bad response payload: {exc}") from exc
-
-    def close(self) -> None:
-        if self._fast is not None:
-            self._fast.close()
-        with contextlib.suppress(httpx.HTTPError):  # the node frees it on its idle TTL anyway
-            self.http.delete(f"{self.endpoint}/sessions/0x{self.session_id.hex()}")
-
-    @property
-    def owed_wei(self) -> int:
-        return self.tokens * self.price_wei_per_token
-
-    def _receipt_for(self, tokens_after: int) -> str:
-        """A cumulative receipt covering the tokens sent so far. With a node credit of c wei the client signs
-        up to c ahead (amount = owed + c), so one signature covers several steps and the node is never
-        owed more than it holds a receipt for; without credit every step is signed for exactly what it owes."""
+    def claim_for(self, tokens_after: int) -> ReceiptClaim:
+        """A cumulative receipt covering the session's first `tokens_after` tokens. With a node credit of c wei
+        the client signs up to c ahead (amount = owed + c), so one signature covers several steps and the node
+        is never owed more than it holds a receipt for; without credit every step is signed for exactly what it
+        owes."""
         owed = tokens_after * self.price_wei_per_token
         now = int(time.time())
-        if self._receipt_header and owed <= self.signed_wei and self.deadline - now > 300:
-            return self._receipt_header
+        if self._claim is not None and owed <= self.signed_wei and self.deadline - now > 300:
+            return self._claim
         started = time.perf_counter()
         amount = owed + self.credit_wei
         self.deadline = now + self.payer.receipt_validity_s
         receipt = Receipt(self.payer.address, self.node, self.session_id, tokens_after, amount, self.deadline)
         signature = sign_receipt(receipt, self.payer.domain, self.payer.private_key)
-        self._receipt_header = json.dumps({"tokens": tokens_after, "amount_wei": str(amount),
-                                           "deadline": self.deadline, "signature": "0x" + signature.hex()})
+        self._claim = ReceiptClaim(tokens_after, amount, self.deadline, signature)
         self.signed_wei = amount
         self.signing_s += time.perf_counter() - started
-        return self._receipt_header
+        return self._claim
 
-    def _request(self, method: str, path: str, **kwargs: object) -> httpx.Response:
-        try:
-            response = self.http.request(method, f"{self.endpoint}{path}", **kwargs)  # type: ignore[arg-type]
-        except httpx.HTTPError as exc:
-            raise HopFailed(self.node, self.endpoint, f"{type(exc).__name__}: {exc}") from exc
-        self._check_status(response.status_code, response.content)
-        return response
+    def step(self, position: int, hidden: torch.Tensor, relay: tuple[Any, ...] = ()) -> Step:
+        """The step frame for positions [position, position + tokens), paid up to there."""
+        return Step(self.session_id, position, self.claim_for(position + int(hidden.shape[1])), hidden, relay)
 
-    def _check_status(self, status: int, body: bytes) -> None:
-        if status in FAILOVER_STATUSES:
-            raise HopFailed(self.node, self.endpoint, f"HTTP {status} {body[:200]!r}")
-        if status >= 400:
-            try:
-                error = json.loads(body)
-            except ValueError:
-                error = {"error": "unknown", "detail": body[:200].decode(errors="replace")}
-            raise HopRejected(self.node, status, str(error.get("error")), error.get("detail"))
+    def served(self, result: StepResult, tokens: int) -> None:
+        """Record that the node computed `tokens` more tokens of the session."""
+        self.tokens = result.position + tokens
+        self.last_compute_ms = result.compute_ms
+
+
+class HopTimeout(HopFailed):
+    """The node's stream stayed silent too long (it may be alive: probe it before rerouting)."""

@@ -1,26 +1,32 @@
 """`InferenceClient`: the Python API the CLI calls. Loads the model's head locally (embeddings, final norm, LM
 head, tokenizer), reads the market from the registry, routes, and streams a generation through the route's
-hops, paying each hop. Sampling lives here; retries and rerouting live in `client.session`."""
+hops (relayed node to node by default, or star), paying each hop. Sampling lives here; retries and rerouting
+live in `client.session`, whose streams run on an event loop this object owns and drives step by step."""
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 
 from client.frontier import frontier_units, pareto_frontier
 from client.funding import Funder, Need, Reservation
-from client.hops import HopSession, Payer
+from client.hops import HopSession, Payer, StreamOptions
 from client.market import Market, discover
 from client.routing import Route, find_route, route_key
-from client.session import FailoverEvent, RouteSession, RouteTooExpensive
+from client.session import FailoverEvent, LinkEndpoint, RouteSession, RouteTooExpensive
 from p2pllm.chain import Chain
 from p2pllm.head import Head, load_head
 from p2pllm.model_id import model_id
 from p2pllm.models import resolve_model
-from p2pllm.net import http_client
+from p2pllm.tls import client_ssl_context
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -101,7 +107,9 @@ class InferenceClient:
     with `allow_deposit`, from the wallet for what the pool lacks."""
 
     def __init__(self, chain: Chain, model: str, dtype: str = "float32", receipt_validity_s: int = 3600,
-                 threads: int | None = None, allow_deposit: bool = True) -> None:
+                 threads: int | None = None, allow_deposit: bool = True, transport: str = "relay",
+                 ca_file: Path | None = None, link_endpoint: LinkEndpoint | None = None,
+                 step_timeout_s: float = 15.0) -> None:
         if chain.account is None:
             raise ValueError("InferenceClient needs a funded key: connect the Chain with an account")
         if threads:
@@ -116,12 +124,26 @@ class InferenceClient:
                            min(receipt_validity_s, max_validity - 60))
         # Receipts signed late in a long generation reach further; an hour covers that.
         self.funder = Funder(chain, allow_deposit, self.payer.receipt_validity_s + 3600)
-        self.http = http_client(timeout_s=120.0)
+        self.transport = transport
+        self.ca_file = ca_file
+        self.options = StreamOptions(ssl_context=client_ssl_context(ca_file))
+        self.link_endpoint = link_endpoint
+        self.step_timeout_s = step_timeout_s
         self.banned: dict[str, float] = {}
         self._market: Market | None = None
+        self._loop = asyncio.new_event_loop()
 
     def close(self) -> None:
-        self.http.close()
+        """Stop what is still running on the client's loop (e.g. the keepalive of a stream whose node froze)."""
+        pending = asyncio.all_tasks(self._loop)
+        for task in pending:
+            task.cancel()
+        self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        self._loop.close()
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Drive the client's event loop until `coro` is done (the streams live on it between steps)."""
+        return self._loop.run_until_complete(coro)
 
     # ------------------------------------------------------------------ market
     def market(self, refresh: bool = False) -> Market:
@@ -129,7 +151,8 @@ class InferenceClient:
         if self._market is None or refresh:
             offers = self.chain.live_offers(self.model_id)
             self._market = discover(offers, self.model_id, self.source.num_layers, self.chain.chain_id,
-                                    self.payer.domain.escrow, self.dtype, self.chain.block_timestamp())
+                                    self.payer.domain.escrow, self.dtype, self.chain.block_timestamp(),
+                                    ca_file=self.ca_file)
         return self._market
 
     def route(self, alpha: float, max_price_wei_per_token: int | None = None) -> Route:
@@ -171,18 +194,20 @@ class InferenceClient:
         generator = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
         route = self.route(alpha, max_price_wei_per_token)
 
-        def fund(hops: Sequence[HopSession]) -> None:
-            reservation = self.funder.ensure([Need(h.node, h.client_unpaid_wei, h.max_cost_wei) for h in hops])
+        def fund(needs: Sequence[Need]) -> None:
+            reservation = self.funder.ensure(needs)
             if reservation is not None:
                 result.reservations.append(reservation)
 
-        session = RouteSession(self.market(), route, self.payer, self.http, len(ids) + max_new_tokens, alpha,
-                               max_price_wei_per_token, banned=self.banned, fund=fund)
+        session = RouteSession(self.market(), route, self.payer, len(ids) + max_new_tokens, alpha, self.head.dtype,
+                               self.head.hidden_size, max_price_wei_per_token, transport=self.transport,
+                               options=self.options, banned=self.banned, fund=fund,
+                               step_timeout_s=self.step_timeout_s, link_endpoint=self.link_endpoint)
         started = time.perf_counter()
-        session.open()
         try:
+            self._run(session.open())
             with torch.inference_mode():
-                hidden = session.step(self.head.embed(torch.tensor([ids])))
+                hidden = self._run(session.step(self.head.embed(torch.tensor([ids]))))
                 emitted = ""
                 while True:
                     token = sample(self.head.logits(hidden[:, -1:])[0, -1], params, generator)
@@ -194,10 +219,10 @@ class InferenceClient:
                     yield StreamEvent(token, delta)
                     if len(result.token_ids) >= max_new_tokens or (stop_at_eos and token in self.head.eos_token_ids):
                         break
-                    hidden = session.step(self.head.embed(torch.tensor([[token]])))
+                    hidden = self._run(session.step(self.head.embed(torch.tensor([[token]]))))
         finally:
             result.total_s = time.perf_counter() - started
-            session.close()
+            self._run(session.close())
             result.text = self._decode(result.token_ids)
             result.route = session.route
             result.failovers = list(session.events)

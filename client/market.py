@@ -1,6 +1,6 @@
-"""The client's view of the market: the registry's live offers for a model, each probed over HTTP (/info and
-a few /health round trips), kept as routable `Candidate`s or set aside as `Excluded` with a reason.
-Knows nothing about routing math, sessions or generation."""
+"""The client's view of the market: the registry's live offers for a model, each probed over HTTP (`/info`, a
+`p2pllm.wire.NodeInfo`, and a few `/health` round trips), kept as routable `Candidate`s or set aside as
+`Excluded` with a reason. Knows nothing about routing math, sessions or generation."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
 
 import httpx
 
 from client.routing import RouteOffer
 from p2pllm.chain import Offer
 from p2pllm.net import http_client
+from p2pllm.wire import NodeInfo, WireError
 
 
 @dataclass(frozen=True)
@@ -23,9 +24,12 @@ class Candidate:
     """A live, reachable offer whose node reports what the registry says."""
 
     offer: Offer
-    info: dict[str, Any]
+    info: NodeInfo
     rtt_ms: float
-    compute_ms_per_layer: float
+
+    @property
+    def compute_ms_per_layer(self) -> float:
+        return self.info.compute_ms_per_layer
 
     @property
     def route_offer(self) -> RouteOffer:
@@ -34,7 +38,7 @@ class Candidate:
 
     @property
     def credit_wei(self) -> int:
-        return int(self.info.get("credit_wei", 0))
+        return self.info.credit_wei
 
 
 @dataclass(frozen=True)
@@ -59,40 +63,40 @@ class Market:
 
 
 def probe(offer: Offer, model_id: bytes, chain_id: int, escrow: str, dtype: str, pings: int = 3,
-          timeout_s: float = 3.0) -> Candidate | Excluded:
+          timeout_s: float = 3.0, ca_file: Path | None = None) -> Candidate | Excluded:
     """Ask the node who it is and time a few round trips; exclude it with a reason if anything is off."""
     try:
-        with http_client(timeout_s) as http:
+        with http_client(timeout_s, ca_file) as http:
             response = http.get(f"{offer.endpoint}/info")
             response.raise_for_status()
-            info = response.json()
+            info = NodeInfo.from_json(response.json())
             rtts = []
             for _ in range(pings):
                 started = time.perf_counter()
                 http.get(f"{offer.endpoint}/health").raise_for_status()
                 rtts.append(1000 * (time.perf_counter() - started))
+    except WireError as exc:
+        return Excluded(offer, f"unreadable /info: {exc}")
     except (httpx.HTTPError, ValueError) as exc:
         return Excluded(offer, f"unreachable: {type(exc).__name__}")
     checks = [
-        (str(info.get("model_id", "")).lower() == "0x" + model_id.hex(), "serves a different model id"),
-        ((info.get("layer_start"), info.get("layer_end")) == (offer.start, offer.end),
-         f"reports layers [{info.get('layer_start')}, {info.get('layer_end')}), registry says "
-         f"[{offer.start}, {offer.end})"),
-        (str(info.get("node", "")).lower() == offer.node.lower(), "answers as a different node address"),
-        (info.get("chain_id") == chain_id and str(info.get("escrow", "")).lower() == escrow.lower(),
+        (info.model_id == model_id, "serves a different model id"),
+        ((info.layer_start, info.layer_end) == (offer.start, offer.end),
+         f"reports layers [{info.layer_start}, {info.layer_end}), registry says [{offer.start}, {offer.end})"),
+        (info.node.lower() == offer.node.lower(), "answers as a different node address"),
+        (info.chain_id == chain_id and info.escrow.lower() == escrow.lower(),
          "is paid through another chain or escrow"),
-        (info.get("dtype") == dtype, f"runs {info.get('dtype')}, client runs {dtype}"),
-        (int(info.get("price_wei_per_token", -1)) == offer.price_wei_per_token, "charges a different price"),
+        (info.dtype == dtype, f"runs {info.dtype}, client runs {dtype}"),
+        (info.price_wei_per_token == offer.price_wei_per_token, "charges a different price"),
     ]
     for ok, reason in checks:
         if not ok:
             return Excluded(offer, reason)
-    compute = float(info.get("compute_ms_per_layer", 0.0))
-    return Candidate(offer, info, statistics.median(rtts), compute)
+    return Candidate(offer, info, statistics.median(rtts))
 
 
 def discover(offers: Sequence[Offer], model_id: bytes, num_layers: int, chain_id: int, escrow: str, dtype: str,
-             now: int) -> Market:
+             now: int, ca_file: Path | None = None) -> Market:
     """Probe every offer (in parallel) and sort them into candidates and exclusions."""
     market = Market(model_id, num_layers)
     live = []
@@ -107,7 +111,7 @@ def discover(offers: Sequence[Offer], model_id: bytes, num_layers: int, chain_id
             live.append(offer)
     if live:
         with ThreadPoolExecutor(max_workers=min(16, len(live))) as pool:
-            results = list(pool.map(lambda o: probe(o, model_id, chain_id, escrow, dtype), live))
+            results = list(pool.map(lambda o: probe(o, model_id, chain_id, escrow, dtype, ca_file=ca_file), live))
         for result in results:
             (market.candidates if isinstance(result, Candidate) else market.excluded).append(result)
     return market

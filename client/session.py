@@ -1,28 +1,52 @@
 """A generation's trip through a route of hops, and the one place where retry and reroute live.
 
-`RouteSession.step(hidden)` sends hidden states through every hop in order. Each hop keeps the inputs it was
-sent. Hops are funded (`fund`: the client's allocation for each node topped up) once they are open and before
-any of them is sent a token: the opened route, and each replacement span. When a hop fails (connection error,
-timeout, 5xx, 503, lost session) its node is banned for a while, the span it served is routed again over the
-remaining offers, the replacement hops are opened and funded, the span's stored inputs are replayed to rebuild
-their caches (the replacements are paid for those tokens, which they process), and the step continues. Knows
-nothing about tokens, sampling or the chain."""
+Transport. In relay mode (the default) the client sends each step once, to the first hop, with a receipt for
+every hop; each node computes, pushes its output to the next, and sends the client a copy, which the client
+keeps as the next hop's input for replay; the last node's result is final. In star mode the client feeds every
+hop itself. A hop whose link from the previous node broke is fed by the client from then on ("star link"),
+whatever the mode.
+
+Opening. Every hop is opened with a signed `OpenSession`; hops are funded (`fund`: the client's allocation for
+each node topped up to what the node reports unpaid plus what the session may cost, in one transaction) once
+they are open, or after a node refused to open for lack of reservation, which is then opened again.
+
+Failover. A hop that fails (stream closed, unreadable, an error rerouting can fix, or silent past the step
+timeout and not answering a ping) has its node banned for a while; the span it served is routed again over the
+remaining offers, the replacement hops are opened and funded, the span's stored inputs are replayed on them
+(they are paid for those tokens, which they process), and the step continues from there. A node that reports a
+receipt problem on a relayed step blames the node that relayed it (the client signed a good one): that node is
+replaced the same way. A hop that is alive but never got a relayed step is fed by the client instead.
+
+Knows nothing about tokens, sampling or the chain."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import httpx
 import torch
 
-from client.hops import HopFailed, HopSession, Payer
+from client.funding import Need
+from client.hops import HopFailed, HopRejected, HopSession, HopTimeout, Payer, StreamOptions
 from client.market import Market
 from client.routing import Hop, Route, RouteOffer, find_route
+from p2pllm.wire import NextHop, StepError, StepResult
 
 log = logging.getLogger("p2pclient.session")
+
+TRANSPORTS = ("relay", "star")
+# A relayed step refused for these reasons carried a receipt other than the one the client signed: the node
+# that relayed it tampered with it or dropped it.
+TAMPER_CODES = frozenset({"missing_receipt", "bad_receipt", "bad_signature", "malformed_receipt"})
+AMOUNT_CODES = frozenset({"underpaid", "receipt_decreased"})
+# Refusals that rerouting will not fix: the client's funds or a bug on the client's side.
+REJECT_CODES = frozenset({"insufficient_escrow", "underpaid", "receipt_decreased", "bad_deadline", "bad_signature",
+                          "malformed_receipt", "missing_receipt", "bad_receipt", "wrong_node", "bad_span",
+                          "stream_bound", "dtype_mismatch", "trailing_dim_mismatch", "shape_mismatch"})
 
 
 class RouteTooExpensive(Exception):
@@ -50,6 +74,22 @@ class FailoverEvent:
 class _Slot:
     hop: HopSession
     inputs: list[torch.Tensor] = field(default_factory=list)
+    fed_by_client: bool = False
+
+    def history(self, upto: int) -> torch.Tensor | None:
+        """Its inputs for positions [0, upto)."""
+        if upto == 0 or not self.inputs:
+            return None
+        return torch.cat(self.inputs, dim=1)[:, :upto]
+
+
+class _Tampered(Exception):
+    """The hop at `index` saw a receipt other than the one the client signed: the hop before it is to blame."""
+
+    def __init__(self, index: int, error: StepError) -> None:
+        super().__init__(str(error))
+        self.index = index
+        self.error = error
 
 
 def route_span(market: Market, start: int, end: int, alpha: float, banned: set[str]) -> Route:
@@ -66,96 +106,206 @@ def route_span(market: Market, start: int, end: int, alpha: float, banned: set[s
     return Route(hops, route.price_wei_per_token, route.latency_ms)
 
 
+Fund = Callable[[Sequence[Need]], None]
+LinkEndpoint = Callable[[str, str], str]
+
+
 @dataclass
 class RouteSession:
-    """Runs steps through a route, rerouting failed spans; `banned` survives across sessions if shared."""
+    """Runs steps through a route, rerouting failed spans; `banned` survives across sessions if shared.
+    `link_endpoint(from_node, to_endpoint)`, when given, is the endpoint a relaying node dials for the next hop
+    (by default the next node's own endpoint; a network may need otherwise, e.g. a proxy per link). `fund` is
+    called in a worker thread."""
 
     market: Market
     route: Route
     payer: Payer
-    http: httpx.Client
     max_length: int
     alpha: float
+    dtype: torch.dtype
+    hidden_size: int
     max_price_wei_per_token: int | None = None
+    transport: str = "relay"
+    options: StreamOptions = field(default_factory=StreamOptions)
     banned: dict[str, float] = field(default_factory=dict)
     ban_s: float = 120.0
     max_failovers: int = 8
-    fund: Callable[[Sequence[HopSession]], None] = lambda hops: None
+    step_timeout_s: float = 15.0
+    step_timeout_per_token_s: float = 0.05
+    probe_timeout_s: float = 2.0
+    fund: Fund = lambda needs: None
+    link_endpoint: LinkEndpoint | None = None
     clock: Callable[[], float] = time.monotonic
     events: list[FailoverEvent] = field(default_factory=list)
     failures: int = 0
     slots: list[_Slot] = field(default_factory=list)
     retired: list[HopSession] = field(default_factory=list)
 
-    def open(self) -> None:
-        """Open a session on every hop; a node that fails to open is banned and the route recomputed."""
+    def __post_init__(self) -> None:
+        if self.transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {TRANSPORTS}, got {self.transport!r}")
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        """Open and fund a session on every hop; a node that fails to open is banned and the route recomputed."""
         self._check_price(self.route)
         while True:
-            opened: list[_Slot] = []
+            hops = [self._new_hop(hop) for hop in self.route.hops]
             try:
-                for hop in self.route.hops:
-                    opened.append(_Slot(self._open_hop(hop)))
+                await self._open_and_fund(hops)
             except HopFailed as failure:
-                for slot in opened:
-                    slot.hop.close()
+                await self._close(hops)
+                self.retired.extend(hops)
                 self._note_failure(failure, (0, self.market.num_layers))
                 self.route = find_route(self.market.route_offers(self._banned_now()), self.market.num_layers,
                                         self.alpha)
                 self._check_price(self.route)
                 continue
-            self._fund_or_close(opened)
-            self.slots = opened
+            except BaseException:
+                await self._close(hops)
+                raise
+            self.slots = [_Slot(hop, fed_by_client=self.transport == "star") for hop in hops]
             return
 
-    def step(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Hidden states through every hop (rerouting around failures); the last hop's output."""
-        index = 0
-        while index < len(self.slots):
-            slot = self.slots[index]
-            try:
-                output = slot.hop.forward(hidden)
-            except HopFailed as failure:
-                self._replace(index, failure)
-                continue  # retry the same position with the replacement's first hop
-            slot.inputs.append(hidden)
-            hidden = output
-            index += 1
-        return hidden
-
-    def close(self) -> None:
-        for slot in self.slots:
-            slot.hop.close()
+    async def close(self) -> None:
+        await self._close([slot.hop for slot in self.slots])
 
     @property
     def hops(self) -> list[HopSession]:
         """Every hop used, including ones replaced after a failure."""
         return [*self.retired, *(slot.hop for slot in self.slots)]
 
-    # ------------------------------------------------------------------ failover
-    def _replace(self, index: int, failure: HopFailed) -> None:
-        """Swap the failed hop at `index` for a fresh route over its span, replaying the span's inputs."""
+    # ------------------------------------------------------------------------------------------ steps
+
+    async def step(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Hidden states through every hop (rerouting around failures); the last hop's output."""
+        position = self.slots[0].hop.tokens
+        tokens = int(hidden.shape[1])
+        inputs: dict[int, torch.Tensor] = {0: hidden}
+        await self._inject(0, position, hidden)
+        index = 0
+        while index < len(self.slots):
+            try:
+                output = await self._result(index, position, tokens)
+            except _Tampered as tampered:
+                blamed = tampered.index - 1
+                failure = HopFailed(self.slots[blamed].hop.node, self.slots[blamed].hop.endpoint,
+                                    f"tampered with the next hop's receipt ({tampered.error.code})")
+                await self._replace(blamed, failure, position)
+                index = blamed
+                await self._inject(index, position, inputs[index])
+                continue
+            except _LinkBroken:
+                await self._inject(index, position, inputs[index])
+                continue
+            except HopFailed as failure:
+                await self._replace(index, failure, position)
+                await self._inject(index, position, inputs[index])
+                continue
+            slot = self.slots[index]
+            slot.inputs.append(inputs[index])
+            index += 1
+            inputs[index] = output
+            if index < len(self.slots) and self.slots[index].fed_by_client:
+                await self._inject(index, position, output)
+        return inputs[len(self.slots)]
+
+    async def _inject(self, index: int, position: int, hidden: torch.Tensor) -> None:
+        """Send the step at `position` to hop `index`, relayed on through the hops fed by their predecessor."""
+        slot = self.slots[index]
+        tokens = int(hidden.shape[1])
+        relay: list[NextHop] = []
+        previous = slot.hop
+        for following in self.slots[index + 1:]:
+            if following.fed_by_client:
+                break
+            claim = following.hop.claim_for(position + tokens)
+            endpoint = following.hop.endpoint
+            if self.link_endpoint is not None:
+                endpoint = self.link_endpoint(previous.node, endpoint)
+            relay.append(NextHop(endpoint, following.hop.session_id, claim))
+            previous = following.hop
+        with contextlib.suppress(HopFailed):  # noticed when its result does not come
+            await slot.hop.send(slot.hop.step(position, hidden, tuple(relay)))
+
+    async def _result(self, index: int, position: int, tokens: int) -> torch.Tensor:
+        """Hop `index`'s output at `position`. Stale frames are skipped; errors are classified."""
+        slot = self.slots[index]
+        hop = slot.hop
+        timeout = self.step_timeout_s + tokens * self.step_timeout_per_token_s
+        while True:
+            try:
+                message = await hop.recv(timeout)
+            except HopTimeout:
+                length = await hop.ping(self.probe_timeout_s)
+                if length is None or length > position or slot.fed_by_client:
+                    raise
+                # Alive, but the step never reached it: the link from the previous node is broken.
+                log.warning("hop %s did not get step %d from the node before it; feeding it directly", hop.node,
+                            position)
+                slot.fed_by_client = True
+                raise _LinkBroken(index) from None
+            if isinstance(message, StepResult):
+                if message.position == position and message.session_id == hop.session_id:
+                    hop.served(message, tokens)
+                    return message.hidden
+                continue  # a late copy of an earlier step
+            if isinstance(message, StepError):
+                self._classify(index, message, position, tokens)
+                continue
+            # Pongs of earlier probes and the like: nothing to do.
+
+    def _classify(self, index: int, error: StepError, position: int, tokens: int) -> None:
+        """Raise what an error from hop `index` means for the step at `position`; return to keep waiting."""
+        hop = self.slots[index].hop
+        if error.position is not None and error.position < position:
+            return  # about an earlier step that has been dealt with
+        if error.code == "next_hop_unreachable":
+            if index + 1 < len(self.slots):
+                log.warning("%s cannot reach the next hop (%s); the client feeds it", hop.node, error.detail)
+                self.slots[index + 1].fed_by_client = True
+            return
+        if error.relayed and error.code == "position_mismatch":
+            expected = error.detail.get("expected")
+            if isinstance(expected, int) and expected > position:
+                return  # it already has this step (a replacement relayed it again)
+        if error.relayed and (error.code in TAMPER_CODES or (
+                error.code in AMOUNT_CODES and str(error.detail.get("amount_wei"))
+                != str(hop.claim_for(position + tokens).amount_wei))):
+            raise _Tampered(index, error)
+        if error.code in REJECT_CODES:
+            raise HopRejected(hop.node, error.code, error.detail)
+        raise HopFailed(hop.node, hop.endpoint, f"{error.code}: {error.detail}")
+
+    # ------------------------------------------------------------------------------------------ failover
+
+    async def _replace(self, index: int, failure: HopFailed, position: int) -> None:
+        """Swap the hop at `index` for a fresh route over its span, replaying its inputs before `position`."""
         failed = self.slots[index]
         span = (failed.hop.start, failed.hop.end)
-        history = torch.cat(failed.inputs, dim=1) if failed.inputs else None
+        history = failed.history(position)
+        await failed.hop.close()
         while True:
             self._note_failure(failure, span)
             replacement = route_span(self.market, span[0], span[1], self.alpha, self._banned_now())
             new_route = self._spliced(index, replacement)
             self._check_price(new_route)
-            new_slots: list[_Slot] = []
+            hops = [self._new_hop(hop) for hop in replacement.hops]
+            new_slots = [_Slot(hop, fed_by_client=self.transport == "star") for hop in hops]
             try:
-                for hop in replacement.hops:
-                    new_slots.append(_Slot(self._open_hop(hop)))
-                self._fund_or_close(new_slots)
+                await self._open_and_fund(hops)
                 replay = history
                 for slot in new_slots:
-                    if replay is not None:
-                        slot.inputs.append(replay)
-                        replay = slot.hop.forward(replay)
+                    if replay is None:
+                        break
+                    await slot.hop.send(slot.hop.step(0, replay))
+                    result = await self._replayed(slot, int(replay.shape[1]))
+                    slot.inputs.append(replay)
+                    replay = result
             except HopFailed as again:
-                for slot in new_slots:
-                    slot.hop.close()
-                self.retired.extend(slot.hop for slot in new_slots)
+                await self._close(hops)
+                self.retired.extend(hops)
                 failure = again
                 continue
             break
@@ -165,13 +315,17 @@ class RouteSession:
         self.events.append(FailoverEvent(failed.hop.node, span, failure.reason, replacement.hops,
                                          0 if history is None else int(history.shape[1])))
 
-    def _fund_or_close(self, slots: list[_Slot]) -> None:
-        try:
-            self.fund([slot.hop for slot in slots])
-        except BaseException:
-            for slot in slots:
-                slot.hop.close()
-            raise
+    async def _replayed(self, slot: _Slot, tokens: int) -> torch.Tensor:
+        timeout = self.step_timeout_s + tokens * self.step_timeout_per_token_s
+        while True:
+            message = await slot.hop.recv(timeout)
+            if isinstance(message, StepResult) and message.position == 0:
+                slot.hop.served(message, tokens)
+                return message.hidden
+            if isinstance(message, StepError):
+                if message.code in REJECT_CODES:
+                    raise HopRejected(slot.hop.node, message.code, message.detail)
+                raise HopFailed(slot.hop.node, slot.hop.endpoint, f"replay refused: {message}")
 
     def _note_failure(self, failure: HopFailed, span: tuple[int, int]) -> None:
         self.failures += 1
@@ -192,12 +346,44 @@ class RouteSession:
         if self.max_price_wei_per_token is not None and route.price_wei_per_token > self.max_price_wei_per_token:
             raise RouteTooExpensive(route.price_wei_per_token, self.max_price_wei_per_token)
 
-    def _open_hop(self, hop: Hop) -> HopSession:
+    # ------------------------------------------------------------------------------------------ opening
+
+    def _new_hop(self, hop: Hop) -> HopSession:
         candidate = self.market.by_offer_id()[hop.offer_id]
-        session = HopSession(self.http, self.payer, candidate.offer.node, candidate.offer.endpoint, hop.offer_id,
-                             hop.start, hop.end, hop.price_wei_per_token, candidate.credit_wei, self.max_length)
-        session.open()
-        return session
+        return HopSession(self.payer, candidate.offer.node, candidate.offer.endpoint, hop.offer_id, hop.start,
+                          hop.end, hop.price_wei_per_token, candidate.credit_wei, self.max_length, self.dtype,
+                          self.hidden_size, self.options)
+
+    async def _open_and_fund(self, hops: Sequence[HopSession]) -> None:
+        """Open every hop; reserve, in one transaction, what each node lacks (opening again those that refused
+        for lack of reservation)."""
+        outcomes = await asyncio.gather(*(hop.open() for hop in hops), return_exceptions=True)
+        needs, refused = [], []
+        for hop, outcome in zip(hops, outcomes, strict=True):
+            if isinstance(outcome, HopRejected) and outcome.error == "insufficient_escrow" and \
+                    isinstance(outcome.detail, dict):
+                refused.append(hop)
+                unpaid = int(outcome.detail.get("client_unpaid_wei", 0))
+                minimum = int(outcome.detail.get("min_session_reserve_wei", 0))
+                needs.append(Need(hop.node, unpaid, max(hop.max_cost_wei, minimum)))
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                needs.append(Need(hop.node, hop.client_unpaid_wei, hop.max_cost_wei))
+        await asyncio.to_thread(self.fund, needs)
+        if refused:
+            await asyncio.gather(*(hop.open() for hop in refused))
+
+    @staticmethod
+    async def _close(hops: Sequence[HopSession]) -> None:
+        await asyncio.gather(*(hop.close() for hop in hops))
 
 
-__all__ = ["FailoverEvent", "FailoverExhausted", "RouteSession", "RouteTooExpensive", "route_span"]
+class _LinkBroken(HopFailed):
+    """Hop `index` is alive but its predecessor's relay never reached it; it is fed by the client now."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__("", "", "relay link broken")
+        self.index = index
+
+__all__ = ["TRANSPORTS", "FailoverEvent", "FailoverExhausted", "RouteSession", "RouteTooExpensive", "route_span"]

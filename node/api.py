@@ -1,14 +1,12 @@
-"""What the node's HTTP layer shares between its routes: the state they serve from (`AppState`), the one
-error type they raise (`ApiError`), how executor errors map to HTTP statuses and stable codes, and how an
-error becomes a `{"error": code, "detail": ...}` JSON body. No framework objects, no I/O."""
+"""What the node's stream and HTTP routes share: the state they serve from (`AppState`), the one failure type
+a step or an open raises (`StepFailure`, a stable code with data and, when waiting helps, a retry delay), and
+how executor errors map to those codes. No framework objects, no I/O."""
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from node.executor import (
@@ -26,79 +24,62 @@ from node.exposure import Exposure
 from node.ledger import Ledger
 from node.metrics import Metrics
 from node.payment import EscrowView, Terms
-from p2pllm.receipts import Receipt
-
-SESSION_ID_PATTERN = r"^0x[0-9a-fA-F]{64}$"
-ADDRESS_PATTERN = r"^0x[0-9a-fA-F]{40}$"
+from node.session import SessionTable
+from p2pllm.wire import NodeInfo
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, detail: Any = None, headers: dict[str, str] | None = None) -> None:
-        self.status = status
+class StepFailure(Exception):
+    """Why a frame was not served: `code` is stable, `detail` holds data, `retry_after_s` says when to retry."""
+
+    def __init__(self, code: str, detail: dict[str, Any] | None = None, retry_after_s: float | None = None) -> None:
+        super().__init__(f"{code}: {detail}")
         self.code = code
-        self.detail = detail
-        self.headers = headers
-
-
-@dataclass(frozen=True)
-class AcceptedReceipt:
-    """The newest receipt a session paid with, as its X-Receipt header arrived, once it is stored in the
-    ledger."""
-
-    header: str
-    receipt: Receipt
+        self.detail = detail or {}
+        self.retry_after_s = retry_after_s
 
 
 @dataclass
 class AppState:
-    """Everything the routes need, passed in by the caller."""
+    """Everything the routes need, passed in by the caller. `info` holds what `/info` answers; its price and
+    free tokens are filled in from `terms` and the executor when it is served."""
 
     executor: ShardExecutor
+    sessions: SessionTable
     ledger: Ledger
     terms: Terms
     escrow: EscrowView
     exposure: Exposure
-    info: dict[str, Any]
+    info: NodeInfo
     metrics: Metrics
-    max_body_bytes: int = 4 * 1024 * 1024
     max_session_length: int = 4096
-    retry_after_s: int = 2
+    min_session_reserve_wei: int | None = None  # None: one token at the current price
+    max_frame_bytes: int = 16 * 1024 * 1024
+    retry_after_s: float = 2.0
+    fresh_escrow_min_s: float = 1.0
     now: Callable[[], int] = lambda: int(time.time())
     on_receipt: Callable[[], None] = lambda: None
-    clients: dict[str, str] = field(default_factory=dict)
-    owed_wei: dict[str, int] = field(default_factory=dict)
-    accepted: dict[str, AcceptedReceipt] = field(default_factory=dict)
-    # When each session last made the node read its client's escrow from the chain before refusing it.
-    fresh_escrow_at: dict[str, float] = field(default_factory=dict)
-    fresh_escrow_min_s: float = 1.0
-    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def session_reserve_wei(self) -> int:
+        """What a client must have reserved for this node, beyond what it owes, to open a session."""
+        if self.min_session_reserve_wei is not None:
+            return self.min_session_reserve_wei
+        return self.terms.price_wei_per_token
 
 
-# The one place where the executor's typed errors become HTTP statuses and stable codes.
-EXECUTOR_ERRORS: dict[type[ExecutorError], tuple[int, str]] = {
-    CacheBudgetExceeded: (503, "cache_full"),
-    UnknownSession: (404, "unknown_session"),
-    SessionExists: (409, "session_exists"),
-    PositionMismatch: (409, "position_mismatch"),
-    LengthExceeded: (400, "length_exceeded"),
-    ShapeMismatch: (400, "shape_mismatch"),
-    DtypeMismatch: (400, "dtype_mismatch"),
+# The one place where the executor's typed errors become stable codes (and a retry delay when it helps).
+EXECUTOR_ERRORS: dict[type[ExecutorError], str] = {
+    CacheBudgetExceeded: "cache_full",
+    UnknownSession: "unknown_session",
+    SessionExists: "session_exists",
+    PositionMismatch: "position_mismatch",
+    LengthExceeded: "length_exceeded",
+    ShapeMismatch: "shape_mismatch",
+    DtypeMismatch: "dtype_mismatch",
 }
 
 
-def executor_error(exc: ExecutorError) -> ApiError:
+def executor_failure(state: AppState, exc: ExecutorError) -> StepFailure:
     data = {k: v for k, v in vars(exc).items() if not k.startswith("_")}
-    status, code = EXECUTOR_ERRORS.get(type(exc), (400, type(exc).__name__))
-    return ApiError(status, code, data)
-
-
-def error_body(code: str, detail: Any) -> bytes:
-    """The JSON body of every error answer; `detail` is made JSON-safe (bytes, ints past 2^53 → str)."""
-    return json.dumps({"error": code, "detail": detail}, default=str).encode()
-
-
-def error_headers(state: AppState, err: ApiError) -> dict[str, str]:
-    headers = dict(err.headers or {})
-    if err.status == 503:
-        headers.setdefault("Retry-After", str(state.retry_after_s))
-    return headers
+    code = EXECUTOR_ERRORS.get(type(exc), type(exc).__name__)
+    return StepFailure(code, data, state.retry_after_s if code == "cache_full" else None)

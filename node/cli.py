@@ -96,6 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
                             "host serve a route fastest all on one core (see README)")
     serve.add_argument("--advertise-compute-ms", type=float, metavar="MS_PER_LAYER",
                        help="compute time per layer to advertise in /info (default: measured at start-up)")
+    serve.add_argument("--min-session-reserve", type=parse_eth, metavar="ETH",
+                       help="open a session only for a client that reserved at least this much for this node "
+                            "beyond what it already owes it (default: one token at the current price)")
+    serve.add_argument("--tls-cert", type=Path, metavar="PEM",
+                       help="serve https/wss with this certificate chain (with --tls-key); the advertised "
+                            "endpoint becomes https://")
+    serve.add_argument("--tls-key", type=Path, metavar="PEM", help="the certificate's private key")
+    serve.add_argument("--ca-file", type=Path, metavar="PEM",
+                       help="verify the next hop's wss certificate against this CA (default: the system's)")
     serve.add_argument("--no-register", dest="register", action="store_false",
                        help="require an existing offer instead of registering one")
     serve.add_argument("--auto-price", action="store_true", help="let the pricing agent set the on-chain price")
@@ -170,6 +179,11 @@ def cmd_register(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from node.server import ServeSettings, serve
 
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise CliError("--tls-cert and --tls-key go together")
+    for option, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key), ("--ca-file", args.ca_file)):
+        if path is not None and not path.is_file():
+            raise CliError(f"{option}: no such file {path}")
     auto = None
     if args.auto_price:
         from node.pricing_agent import AutoPriceSettings
@@ -183,6 +197,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         credit_wei=args.credit, ledger_sync=args.ledger_sync, register=args.register, threads=args.threads,
         cpus=args.cpus,
         auto_price=auto, advertised_compute_ms_per_layer=args.advertise_compute_ms,
+        min_session_reserve_wei=args.min_session_reserve, tls_cert=args.tls_cert, tls_key=args.tls_key,
+        ca_file=args.ca_file,
         claim=ClaimPolicy(min_batch_wei=args.claim_min, max_age_s=args.claim_max_age, interval_s=args.claim_interval),
     )
     return serve(settings, connect(args))

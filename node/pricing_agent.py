@@ -69,6 +69,7 @@ from p2pllm.pricing import (
     price_from_wei,
     price_to_wei,
 )
+from p2pllm.wire import NodeInfo
 
 log = logging.getLogger("p2pnode.pricing")
 
@@ -347,9 +348,9 @@ class CompetitorCosts:
         if cached is not None and now - cached[1] < self.ttl_s:
             return cached[0]
         try:
-            info = (self.fetch or _get_json)(endpoint.rstrip("/") + "/info", self.timeout_s)
-            value = float(info["compute_ms_per_layer"])
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            info = NodeInfo.from_json((self.fetch or _get_json)(endpoint.rstrip("/") + "/info", self.timeout_s))
+            value = info.compute_ms_per_layer
+        except (httpx.HTTPError, ValueError) as exc:  # WireError is a ValueError
             log.debug("no compute_ms_per_layer from %s (%s): assuming own cost", endpoint, type(exc).__name__)
             return None
         if not (math.isfinite(value) and value >= 0):

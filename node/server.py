@@ -24,18 +24,22 @@ from node.app import create_app
 from node.claimer import Claimer, ClaimPolicy
 from node.executor import ShardExecutor
 from node.exposure import Exposure
-from node.http_protocol import CoalescingHttpToolsProtocol
 from node.ledger import Ledger
 from node.metrics import Metrics
 from node.payment import CachedEscrowView, Terms
+from node.relay import RelaySettings
+from node.session import SessionTable
 from p2pllm.chain import Chain, Offer
 from p2pllm.cpus import format_cpu_list, pin_process
 from p2pllm.model_id import model_id
 from p2pllm.models import resolve_model
 from p2pllm.receipts import Receipt
 from p2pllm.shard import Shard, load_shard
+from p2pllm.tls import client_ssl_context
+from p2pllm.wire import NodeInfo
 
 log = logging.getLogger("p2pnode")
+FRAME_SLACK_BYTES = 256 * 1024  # a frame's header, meta and receipts beyond the largest tensor it may carry
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,10 @@ class ServeSettings:
     cpus: frozenset[int] | None = None
     advertised_compute_ms_per_layer: float | None = None
     auto_price: Any = None  # node.pricing_agent.AutoPriceSettings, when --auto-price is on
+    min_session_reserve_wei: int | None = None  # None: one token at the current price
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    ca_file: Path | None = None  # CA for dialing the next hop's wss endpoint (default: the system's)
 
 
 class _GracefulServer(uvicorn.Server):
@@ -161,7 +169,8 @@ def serve(settings: ServeSettings, chain: Chain) -> int:
     # queued in the backlog, not refused (seen in CI on a loaded machine).
     sock.listen(2048)
     port = sock.getsockname()[1]
-    endpoint = settings.public_url or f"http://{settings.host}:{port}"
+    scheme = "https" if settings.tls_cert else "http"
+    endpoint = settings.public_url or f"{scheme}://{settings.host}:{port}"
 
     offer = ensure_offer(chain, model_hash, settings, endpoint)
     thaw_s, validity_s = chain.escrow_periods()
@@ -188,25 +197,28 @@ def serve(settings: ServeSettings, chain: Chain) -> int:
         say(f"ledger holds {len(ledger.unclaimed())} unclaimed receipt(s) from a previous run: claiming ...")
         report = claimer.claim_all()
         say(f"claimed {report.receipts} receipt(s), {report.paid_wei} wei")
-    metrics = Metrics({"p2pllm_active_sessions": ("Open sessions.", lambda: len(executor.sessions())),
+    sessions = SessionTable(executor)
+    metrics = Metrics({"p2pllm_active_sessions": ("Open sessions.", lambda: len(sessions)),
                        "p2pllm_unclaimed_wei": ("Wei held in receipts, not yet paid on-chain.",
                                                 lambda: sum(h.unclaimed_wei for h in ledger.unclaimed()))})
-    info = {
-        "node": chain.address, "model": source.name, "model_id": "0x" + model_hash.hex(),
-        "layer_start": settings.start, "layer_end": settings.end, "num_layers": source.num_layers,
-        "hidden_size": source.hidden_size, "dtype": settings.dtype, "device": str(shard.device),
-        "compute_ms_per_layer": compute_ms, "chain_id": chain.chain_id, "escrow": chain.escrow_domain().escrow,
-        "registry": chain.deployment.registry if chain.deployment else None, "offer_id": offer.offer_id,
-        "max_receipt_validity_s": validity_s, "thaw_period_s": thaw_s,
-    }
-    state = AppState(executor=executor, ledger=ledger, terms=terms, escrow=escrow_view, exposure=exposure, info=info,
-                     metrics=metrics, max_session_length=settings.max_session_length)
-    app = create_app(state)
+    max_frame_bytes = settings.max_session_length * shard.hidden_size * shard.dtype.itemsize + FRAME_SLACK_BYTES
+    info = NodeInfo(
+        node=chain.address, model=source.name, model_id=model_hash, layer_start=settings.start,
+        layer_end=settings.end, num_layers=source.num_layers, hidden_size=source.hidden_size, dtype=settings.dtype,
+        device=str(shard.device), compute_ms_per_layer=compute_ms, chain_id=chain.chain_id,
+        escrow=chain.escrow_domain().escrow, registry=chain.registry_address(),
+        offer_id=offer.offer_id, max_receipt_validity_s=validity_s, thaw_period_s=thaw_s,
+        price_wei_per_token=offer.price_wei_per_token, credit_wei=settings.credit_wei, min_session_reserve_wei=0,
+        capacity_tokens=settings.budget_tokens, free_tokens=settings.budget_tokens)
+    state = AppState(executor=executor, sessions=sessions, ledger=ledger, terms=terms, escrow=escrow_view,
+                     exposure=exposure, info=info, metrics=metrics, max_session_length=settings.max_session_length,
+                     min_session_reserve_wei=settings.min_session_reserve_wei, max_frame_bytes=max_frame_bytes)
+    relay = RelaySettings(ssl_context=client_ssl_context(settings.ca_file), max_frame_bytes=max_frame_bytes)
+    app = create_app(state, relay, evict_every_s=min(settings.session_ttl_s / 2, 30.0))
 
     stop = threading.Event()
     ttl = chain.offer_ttl_s()
     _loop(stop, max(ttl / 3, 1.0), "heartbeat", lambda: chain.heartbeat(offer.offer_id))
-    _loop(stop, min(settings.session_ttl_s / 2, 30.0), "session eviction", executor.evict_idle)
     threading.Thread(target=claimer.run, args=(stop,), name="claims", daemon=True).start()
     if settings.auto_price is not None:
         from node.pricing_agent import start_pricing_agent
@@ -217,12 +229,12 @@ def serve(settings: ServeSettings, chain: Chain) -> int:
     say(f"serving layers [{settings.start}, {settings.end}) at {endpoint} as offer {offer.offer_id} "
         f"({offer.price_wei_per_token} wei/token, {compute_ms:.2f} ms/layer)")
     print(f"READY {endpoint} offer={offer.offer_id} node={chain.address}", flush=True)
-    # No Server and Date headers: two lines less to write and parse on every per-token response. Each response
-    # leaves in one send (see node.http_protocol). No X-Forwarded-* rewriting: the node never reads the
-    # client's address, and it is one wrapper less around every request. No WebSocket routes, no upgrades.
+    # No X-Forwarded-* rewriting: the node never reads a client's address. Frames above the largest step a
+    # session may send are refused by the WebSocket layer itself (close code 1009).
     server = _GracefulServer(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5,
                                            server_header=False, date_header=False, proxy_headers=False,
-                                           http=CoalescingHttpToolsProtocol, ws="none"))
+                                           ws="websockets-sansio", ws_max_size=max_frame_bytes,
+                                           ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key))
     try:
         server.run(sockets=[sock])
     finally:

@@ -32,6 +32,11 @@ def keccak256(data: bytes) -> bytes:
 
 
 RECEIPT_TYPEHASH = keccak256(RECEIPT_TYPE.encode())
+# A client's signature on a session open: the node reserves KV memory only for a session its client signed for.
+# Never submitted on-chain; it shares the escrow's domain so that it binds the chain and the deployment too.
+SESSION_OPEN_TYPE = ("SessionOpen(address node,bytes32 sessionId,uint32 maxLength,uint16 layerStart,"
+                     "uint16 layerEnd,uint64 deadline)")
+SESSION_OPEN_TYPEHASH = keccak256(SESSION_OPEN_TYPE.encode())
 
 
 class ReceiptSignatureError(ValueError):
@@ -120,12 +125,20 @@ def _signing_key(private_key: bytes) -> coincurve.PrivateKey:
 
 def sign_receipt(receipt: Receipt, domain: EscrowDomain, private_key: bytes) -> bytes:
     """65-byte r||s||v signature (v in {27, 28}, low s, RFC 6979 nonce) as the escrow expects."""
-    rs_recid = _signing_key(private_key).sign_recoverable(receipt_digest(receipt, domain), hasher=None)
-    return rs_recid[:64] + bytes([rs_recid[64] + 27])
+    return _sign_digest(receipt_digest(receipt, domain), private_key)
 
 
 def recover_signer_bytes(receipt: Receipt, domain: EscrowDomain, signature: bytes) -> bytes:
     """The 20-byte address that signed; raises ReceiptSignatureError for what the escrow rejects."""
+    return _recover_digest(receipt_digest(receipt, domain), signature)
+
+
+def _sign_digest(digest: bytes, private_key: bytes) -> bytes:
+    rs_recid = _signing_key(private_key).sign_recoverable(digest, hasher=None)
+    return rs_recid[:64] + bytes([rs_recid[64] + 27])
+
+
+def _recover_digest(digest: bytes, signature: bytes) -> bytes:
     if len(signature) != SIGNATURE_BYTES:
         raise ReceiptSignatureError(f"signature must be {SIGNATURE_BYTES} bytes, got {len(signature)}")
     r = int.from_bytes(signature[:32], "big")
@@ -138,11 +151,49 @@ def recover_signer_bytes(receipt: Receipt, domain: EscrowDomain, signature: byte
     if not (0 < r < SECP256K1_N and s > 0):
         raise ReceiptSignatureError("unrecoverable signature: r or s out of range")
     try:
-        public_key = coincurve.PublicKey.from_signature_and_message(
-            signature[:64] + bytes([v - 27]), receipt_digest(receipt, domain), hasher=None)
+        public_key = coincurve.PublicKey.from_signature_and_message(signature[:64] + bytes([v - 27]), digest,
+                                                                    hasher=None)
     except ValueError as exc:
         raise ReceiptSignatureError(f"unrecoverable signature: {exc}") from exc
     return keccak256(public_key.format(compressed=False)[1:])[-20:]
+
+
+@dataclass(frozen=True)
+class SessionOpenTerms:
+    """What a client signs to open a session on a node: at most `max_length` tokens through layers
+    [layer_start, layer_end), the signature valid until `deadline`."""
+
+    node: str
+    session_id: bytes
+    max_length: int
+    layer_start: int
+    layer_end: int
+    deadline: int
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.node, str) and _ADDRESS_RE.match(self.node)):
+            raise ValueError(f"node must be a 0x-prefixed 20-byte hex address, got {self.node!r}")
+        if len(self.session_id) != 32:
+            raise ValueError(f"session_id must be 32 bytes, got {len(self.session_id)}")
+        for name, value, bits in (("max_length", self.max_length, 32), ("layer_start", self.layer_start, 16),
+                                  ("layer_end", self.layer_end, 16), ("deadline", self.deadline, 64)):
+            if not 0 <= value < 2**bits:
+                raise ValueError(f"{name}={value} does not fit uint{bits}")
+
+    def digest(self, domain: EscrowDomain) -> bytes:
+        struct_hash = keccak256(SESSION_OPEN_TYPEHASH + address_word(self.node) + self.session_id
+                                + self.max_length.to_bytes(32, "big") + self.layer_start.to_bytes(32, "big")
+                                + self.layer_end.to_bytes(32, "big") + self.deadline.to_bytes(32, "big"))
+        return keccak256(b"\x19\x01" + domain.separator + struct_hash)
+
+
+def sign_session_open(terms: SessionOpenTerms, domain: EscrowDomain, private_key: bytes) -> bytes:
+    return _sign_digest(terms.digest(domain), private_key)
+
+
+def recover_session_signer(terms: SessionOpenTerms, domain: EscrowDomain, signature: bytes) -> bytes:
+    """The 20-byte address that signed a session open; raises ReceiptSignatureError for a bad signature."""
+    return _recover_digest(terms.digest(domain), signature)
 
 
 def recover_signer(receipt: Receipt, domain: EscrowDomain, signature: bytes) -> str:

@@ -15,6 +15,7 @@ from p2pllm.chain import Offer
 from p2pllm.model_id import model_id
 from p2pllm.models import ModelSource
 from tests.chain_fixtures import DevChain
+from tests.node.helpers import node_info_json as info_json
 
 REF = 10**12
 DEAD_ENDPOINT = "http://127.0.0.1:9"  # nothing listens: competitors' compute cost falls back to our own
@@ -80,7 +81,7 @@ def _offer(offer_id: int, start: int, end: int, price_wei: int) -> Offer:
 
 def test_fully_served_model_goes_where_competitors_are_dear_and_slow(tiny_llama_source: ModelSource) -> None:
     advertised = {"http://node1/info": 0.1, "http://node2/info": 0.1, "http://node3/info": 0.5}
-    costs = CompetitorCosts(fetch=lambda url, timeout: {"compute_ms_per_layer": advertised[url]})
+    costs = CompetitorCosts(fetch=lambda url, timeout: info_json(advertised[url]))
     registry = Registry([_offer(1, 0, 4, REF), _offer(2, 4, 8, 3 * REF), _offer(3, 4, 8, 3 * REF),
                          _offer(4, 0, 12, REF)])  # offer 4 runs past the model's 8 layers: ignored
     out = io.StringIO()

@@ -12,13 +12,14 @@ import signal
 import httpx
 import pytest
 import torch
+from websockets.exceptions import ConnectionClosed
 
 from node.cli import main as p2pnode
-from p2pllm import codec
 from p2pllm.chain import Chain
 from p2pllm.keys import dev_account
 from p2pllm.models import ModelSource
 from p2pllm.shard import load_shard
+from p2pllm.wire import NodeInfo, SessionOpened, StepError, StepResult
 from tests.chain_fixtures import DevChain
 from tests.node.helpers import PayingSession, start_node
 
@@ -39,11 +40,11 @@ def _serve_args(model: ModelSource, deployment_file: str, data_dir, extra: tuple
             "--claim-min", "1", "--claim-interval", "3600", *extra]
 
 
-def _session(dev_chain: DevChain, endpoint: str, http: httpx.Client) -> PayingSession:
+def _session(dev_chain: DevChain, endpoint: str) -> PayingSession:
     client = dev_chain.as_account(CLIENT_ACCOUNT)
-    info = http.get(f"{endpoint}/info").json()
-    return PayingSession(http, endpoint, os.urandom(32), bytes(client.account.key), client.address, info["node"],
-                         client.escrow_domain(), int(info["price_wei_per_token"]), client.block_timestamp() + 3600)
+    info = NodeInfo.from_json(httpx.get(f"{endpoint}/info").json())
+    return PayingSession(endpoint, os.urandom(32), bytes(client.account.key), client.address, info.node,
+                         client.escrow_domain(), info.price_wei_per_token, client.block_timestamp() + 3600)
 
 
 def test_register_serve_pay_claim(dev_chain: DevChain, deployment_file: str, tiny_llama_source: ModelSource,
@@ -65,28 +66,31 @@ def test_register_serve_pay_claim(dev_chain: DevChain, deployment_file: str, tin
         threads = os.listdir(f"/proc/{node.process.pid}/task")
         assert len(threads) > 1 and all(os.sched_getaffinity(int(t)) == {cpu} for t in threads)
         assert f"running on CPUs {cpu}" in "".join(node.lines)
-        with httpx.Client(timeout=30) as http:
-            info = http.get(f"{node.endpoint}/info").json()
-            assert (info["layer_start"], info["layer_end"], info["offer_id"]) == (0, 8, 2)
-            session = _session(dev_chain, node.endpoint, http)
-            assert session.open(max_length=16).status_code == 201
-            reference = load_shard(tiny_llama_source, 0, 8)
-            cache = reference.new_cache()
-            torch.manual_seed(0)
-            steps = [torch.randn(1, 5, 256)] + [torch.randn(1, 1, 256) for _ in range(3)]
-            position = 0
-            for hidden in steps:
-                response = session.forward(hidden)
-                assert response.status_code == 200, response.text
-                got = codec.decode(response.content)
-                positions = torch.arange(position, position + hidden.shape[1])
-                with torch.inference_mode():
-                    want = reference(hidden, positions, cache)
-                torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)  # thread counts differ
-                position += hidden.shape[1]
-            metrics = http.get(f"{node.endpoint}/metrics").text
-            assert "p2pllm_tokens_served_total 8" in metrics
-            assert f"p2pllm_unclaimed_wei {8 * PRICE_WEI}" in metrics
+        info = NodeInfo.from_json(httpx.get(f"{node.endpoint}/info").json())
+        assert (info.layer_start, info.layer_end, info.offer_id) == (0, 8, 2)
+        session = _session(dev_chain, node.endpoint)
+        assert isinstance(session.open(max_length=16, span=(0, 8)), SessionOpened)
+        reference = load_shard(tiny_llama_source, 0, 8)
+        cache = reference.new_cache()
+        torch.manual_seed(0)
+        steps = [torch.randn(1, 5, 256)] + [torch.randn(1, 1, 256) for _ in range(3)]
+        position = 0
+        for hidden in steps:
+            answer = session.forward(hidden)
+            assert isinstance(answer, StepResult), answer
+            positions = torch.arange(position, position + hidden.shape[1])
+            with torch.inference_mode():
+                want = reference(hidden, positions, cache)
+            torch.testing.assert_close(answer.hidden, want, rtol=1e-4, atol=1e-4)  # thread counts differ
+            position += hidden.shape[1]
+        # A frame beyond the largest step a session may send is refused by the WebSocket layer (1009).
+        session.send(session.step(torch.randn(1, 4096, 256)))  # 4 MiB; the limit is 2048 tokens + 256 KiB
+        with pytest.raises(ConnectionClosed) as closed:
+            session.recv()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+        metrics = httpx.get(f"{node.endpoint}/metrics").text
+        assert "p2pllm_tokens_served_total 8" in metrics
+        assert f"p2pllm_unclaimed_wei {8 * PRICE_WEI}" in metrics
     finally:
         assert node.stop() == 0  # graceful: claims what it holds on the way out
     node_chain = Chain.connect(dev_chain.anvil.rpc_url, dev_account(NODE_ACCOUNT), dev_chain.deployment)
@@ -104,13 +108,12 @@ def test_kill_9_then_restart_claims_everything(dev_chain: DevChain, deployment_f
     args = _serve_args(tiny_llama_source, deployment_file, tmp_path / "node", ("--claim-max-age", "3600"))
     node = start_node(args, cwd=tmp_path)
     sessions = []
-    with httpx.Client(timeout=30) as http:
-        for prompt_tokens in (3, 6):
-            session = _session(dev_chain, node.endpoint, http)
-            assert session.open(max_length=16).status_code == 201
-            assert session.forward(torch.randn(1, prompt_tokens, 256)).status_code == 200
-            assert session.forward(torch.randn(1, 1, 256)).status_code == 200
-            sessions.append(session)
+    for prompt_tokens in (3, 6):
+        session = _session(dev_chain, node.endpoint)
+        assert isinstance(session.open(max_length=16, span=(0, 8)), SessionOpened)
+        assert isinstance(session.forward(torch.randn(1, prompt_tokens, 256)), StepResult)
+        assert isinstance(session.forward(torch.randn(1, 1, 256)), StepResult)
+        sessions.append(session)
     node.stop(signal.SIGKILL)
     assert client_chain.allocation_of(client_chain.address, node.address).amount_wei == reserved  # nothing claimed
 
@@ -122,13 +125,12 @@ def test_kill_9_then_restart_claims_everything(dev_chain: DevChain, deployment_f
                 session.tokens * PRICE_WEI
         left = reserved - (4 + 7) * PRICE_WEI
         assert client_chain.allocation_of(client_chain.address, node.address).amount_wei == left
-        with httpx.Client(timeout=30) as http:
-            session = _session(dev_chain, restarted.endpoint, http)
-            opened = session.open(max_length=16)
-            assert opened.status_code == 201 and opened.json()["client_unpaid_wei"] == "0"
-            over = session.forward(torch.randn(1, left // PRICE_WEI + 1, 256))
-            assert over.status_code == 402 and over.json()["error"] == "insufficient_escrow", over.text
-            assert session.forward(torch.randn(1, left // PRICE_WEI, 256)).status_code == 200
+        session = _session(dev_chain, restarted.endpoint)
+        opened = session.open(max_length=16, span=(0, 8))
+        assert isinstance(opened, SessionOpened) and opened.client_unpaid_wei == 0
+        over = session.forward(torch.randn(1, left // PRICE_WEI + 1, 256))
+        assert isinstance(over, StepError) and over.code == "insufficient_escrow", over
+        assert isinstance(session.forward(torch.randn(1, left // PRICE_WEI, 256)), StepResult)
     finally:
         restarted.stop()
     assert client_chain.allocation_of(client_chain.address, node.address).amount_wei == 0

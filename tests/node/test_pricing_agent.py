@@ -21,6 +21,7 @@ from node.pricing_agent import (
 from p2pllm.chain import Offer
 from p2pllm.equilibrium import solve_equilibrium
 from p2pllm.pricing import Market, MarketOffer, PricingRules
+from tests.node.helpers import node_info_json as info_json
 
 REF = 10**12  # the default reference price: 1 price unit = 10**12 wei/token
 MODEL = b"\x11" * 32
@@ -218,7 +219,7 @@ def make_agent(own_wei: int, rival_wei: int, **overrides: float) -> tuple[Pricin
     events: list[tuple[str, int]] = []
     registry = FakeRegistry([offer(1, own_wei), offer(2, rival_wei)], events)
     clock = Clock()
-    costs = CompetitorCosts(clock=clock, fetch=lambda url, timeout: {"compute_ms_per_layer": 0.125})
+    costs = CompetitorCosts(clock=clock, fetch=lambda url, timeout: info_json(0.125))
     agent = PricingAgent(registry, registry.offers[1], MODEL, lambda p: events.append(("terms", p)),
                          settings(**overrides), 0.125, costs=costs, clock=clock)
     return agent, registry, events, clock
@@ -276,11 +277,13 @@ def test_competitor_costs_use_info_cache_it_and_fall_back_to_own() -> None:
     calls: list[str] = []
     clock = Clock()
 
-    def fetch(url: str, timeout_s: float) -> dict[str, float]:
+    def fetch(url: str, timeout_s: float) -> dict:
         calls.append(url)
         if "bad" in url:
             raise ValueError("not JSON")
-        return {"compute_ms_per_layer": 0.75}
+        if "old" in url:
+            return {"compute_ms_per_layer": 0.5}  # an /info that is not a NodeInfo is not believed
+        return info_json(0.75)
 
     costs = CompetitorCosts(ttl_s=60.0, clock=clock, fetch=fetch)
     good = costs.view(offer(2, REF, "http://good:1/"), 0.2)
@@ -292,6 +295,8 @@ def test_competitor_costs_use_info_cache_it_and_fall_back_to_own() -> None:
     assert len(calls) == 2  # expired, fetched again
     bad = costs.view(offer(3, REF, "http://bad:1"), 0.2)
     assert (bad.compute_ms_per_layer, bad.cost_source) == (0.2, "assumed")
+    old = costs.view(offer(4, REF, "http://old:1"), 0.2)
+    assert (old.compute_ms_per_layer, old.cost_source) == (0.2, "assumed")
 
 
 def test_competitor_costs_over_http_fall_back_when_nothing_listens() -> None:

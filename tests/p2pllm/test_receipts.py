@@ -1,4 +1,5 @@
-"""Receipt signing and recovery, cross-checked against eth-account's own EIP-712 encoder and signer."""
+"""Receipt and session-open signing and recovery, cross-checked against eth-account's own EIP-712 encoder and
+signer."""
 
 from __future__ import annotations
 
@@ -16,10 +17,13 @@ from p2pllm.receipts import (
     EscrowDomain,
     Receipt,
     ReceiptSignatureError,
+    SessionOpenTerms,
     is_signed_by_client,
     receipt_digest,
+    recover_session_signer,
     recover_signer,
     sign_receipt,
+    sign_session_open,
 )
 
 KEY = bytes.fromhex("4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318")
@@ -127,3 +131,31 @@ def test_unrecoverable_signatures_are_rejected_not_crashing() -> None:
         garbage = os.urandom(64) + bytes([27])
         with contextlib.suppress(ReceiptSignatureError):
             assert recover_signer(receipt, DOMAIN, garbage) != CLIENT
+
+
+@settings(max_examples=25, deadline=None)
+@given(max_length=st.integers(0, 2**32 - 1), start=st.integers(0, 2**16 - 1), end=st.integers(0, 2**16 - 1),
+       deadline=st.integers(0, 2**64 - 1))
+def test_session_open_digest_matches_eth_account(max_length: int, start: int, end: int, deadline: int) -> None:
+    terms = SessionOpenTerms("0x" + "ab" * 20, b"\x09" * 32, max_length, start, end, deadline)
+    message = encode_typed_data(full_message={
+        "types": {
+            "EIP712Domain": [{"name": "name", "type": "string"}, {"name": "version", "type": "string"},
+                             {"name": "chainId", "type": "uint256"}, {"name": "verifyingContract", "type": "address"}],
+            "SessionOpen": [{"name": "node", "type": "address"}, {"name": "sessionId", "type": "bytes32"},
+                            {"name": "maxLength", "type": "uint32"}, {"name": "layerStart", "type": "uint16"},
+                            {"name": "layerEnd", "type": "uint16"}, {"name": "deadline", "type": "uint64"}],
+        },
+        "primaryType": "SessionOpen",
+        "domain": {"name": "P2P-LLM PaymentEscrow", "version": "2", "chainId": DOMAIN.chain_id,
+                   "verifyingContract": DOMAIN.escrow},
+        "message": {"node": terms.node, "sessionId": terms.session_id, "maxLength": max_length, "layerStart": start,
+                    "layerEnd": end, "deadline": deadline},
+    })
+    from eth_utils import keccak
+
+    assert terms.digest(DOMAIN) == keccak(b"\x19" + message.version + message.header + message.body)
+    signature = sign_session_open(terms, DOMAIN, KEY)
+    assert recover_session_signer(terms, DOMAIN, signature) == bytes.fromhex(CLIENT[2:])
+    with pytest.raises(ValueError):
+        SessionOpenTerms("0x" + "ab" * 20, b"\x09" * 32, 2**32, start, end, deadline)
