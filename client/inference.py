@@ -89,6 +89,13 @@ class StreamEvent:
     text: str
 
 
+async def _cancel_pending() -> None:
+    tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
     """Next token from last-position logits (vocab,): greedy, or temperature + nucleus sampling."""
     if params.temperature == 0:
@@ -135,10 +142,7 @@ class InferenceClient:
 
     def close(self) -> None:
         """Stop what is still running on the client's loop (e.g. the keepalive of a stream whose node froze)."""
-        pending = asyncio.all_tasks(self._loop)
-        for task in pending:
-            task.cancel()
-        self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        self._loop.run_until_complete(_cancel_pending())
         self._loop.close()
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:

@@ -1,4 +1,5 @@
-"""The client end to end on a real anvil with four real node processes over the tiny Llama (8 layers):
+"""The client end to end on a real anvil with four real node processes over the tiny Llama (8 layers), in relay
+mode (and once in star mode):
 [0,3) A, [3,6) cheap-but-slow B and fast-but-dear C, [6,8) D. α=1 routes through B, α=0 through C; tokens
 equal transformers' greedy `generate`; before each generation one transaction reserves for the route's nodes;
 on-chain each node is paid exactly price × tokens it processed, from what was reserved for it. Then a node is
@@ -76,6 +77,22 @@ def _local_greedy(model: ModelSource) -> list[int]:
         out = hf.generate(torch.tensor([PROMPT]), max_new_tokens=NEW_TOKENS, do_sample=False, min_new_tokens=0,
                           eos_token_id=None, pad_token_id=0)
     return out[0, len(PROMPT):].tolist()
+
+
+def test_star_transport_gives_the_same_tokens_and_pays_the_same(network: Network) -> None:
+    """Star mode (the client feeds every hop itself, for nodes that cannot reach each other) against the same
+    nodes: the same tokens as transformers, and each hop paid exactly what it processed."""
+    chain = Chain.connect(network.dev_chain.anvil.rpc_url, dev_account(CLIENT_ACCOUNT), network.dev_chain.deployment)
+    client = InferenceClient(chain, str(network.model.path), transport="star")
+    result = _generate(client, alpha=1.0)
+    client.close()
+    assert result.token_ids == _local_greedy(network.model)
+    assert _route_names(network, result) == ["A", "B", "D"]
+    for node in network.nodes.values():
+        assert node.stop() == 0
+    for hop in result.hops:
+        assert chain.paid_for(chain.address, hop.node, hop.session_id) == hop.cost_wei == \
+            (len(PROMPT) + NEW_TOKENS - 1) * PRICE_WEI[network.name_of(hop.node)]
 
 
 def _generate(client: InferenceClient, alpha: float, kill: NodeProcess | None = None) -> GenerationResult:
