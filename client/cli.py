@@ -159,6 +159,9 @@ def _add_generation_options(parser: argparse.ArgumentParser, max_new_tokens: int
     parser.add_argument("--step-timeout", type=_positive_float, default=15.0, metavar="S",
                         help="a hop silent this long on a step (plus 0.05 s per token) is probed, then rerouted "
                              "(default 15)")
+    parser.add_argument("--reserve-ahead", type=_positive_int, default=4, metavar="N",
+                        help="when a node's reservation falls short, reserve N sessions' worth for it, so that "
+                             "later generations need no transaction (default 4)")
     parser.add_argument("--no-deposit", dest="allow_deposit", action="store_false",
                         help="reserve for the route's nodes only from the escrow pool; by default what the pool "
                              "lacks is deposited from the wallet in the same transaction")
@@ -541,7 +544,7 @@ def inference_client(args: argparse.Namespace) -> Iterator[InferenceClient]:
         pin_process(args.cpus)
     client = InferenceClient(connect(args), args.model, args.dtype, threads=args.threads,
                              allow_deposit=args.allow_deposit, transport=args.transport, ca_file=args.ca_file,
-                             step_timeout_s=args.step_timeout)
+                             step_timeout_s=args.step_timeout, reserve_ahead=args.reserve_ahead)
     try:
         yield client
     finally:

@@ -4,8 +4,9 @@ A node serves only against funds reserved for its own address (the escrow's per-
 and weighs each receipt against everything the client owes it unpaid. So before a generation uses a hop, that
 node's allocation must cover what the node reports as unpaid plus the most this session can cost there (price
 × the session's token limit + the node's credit), through the latest receipt deadline the session may sign.
-`plan_reservation` (pure) turns those needs and the current allocations into one reservation: the shortfall per
-node, taken from the pool first and, for the rest, deposited from the wallet in the same transaction.
+`plan_reservation` (pure) turns those needs and the current allocations into one reservation: for each node that
+falls short, enough for `ahead` such sessions (so that a transaction is not needed before every generation),
+taken from the pool first and, for the rest, deposited from the wallet in the same transaction.
 `Funder` reads the chain, plans and sends. Knows nothing about HTTP, tensors or routing."""
 
 from __future__ import annotations
@@ -54,11 +55,16 @@ class InsufficientPool(Exception):
         self.pool_wei = pool_wei
 
 
-def plan_reservation(needs: Sequence[Need], reserved_wei: Mapping[str, int], pool_wei: int) -> Reservation | None:
-    """The reservation that tops every node up to its needs (several needs of one node add up), or None when
-    every allocation already covers them. `reserved_wei` maps a node (any case) to what stays reserved for it
-    through the horizon; the pool pays first, the wallet the rest."""
+def plan_reservation(needs: Sequence[Need], reserved_wei: Mapping[str, int], pool_wei: int,
+                     ahead: int = 1) -> Reservation | None:
+    """The reservation that tops up every node whose allocation does not cover its needs (several needs of one
+    node add up), to what it owes plus `ahead` times what the sessions may cost; None when every allocation
+    already covers its needs. `reserved_wei` maps a node (any case) to what stays reserved for it through the
+    horizon; the pool pays first, the wallet the rest."""
+    if ahead < 1:
+        raise ValueError(f"ahead must be >= 1, got {ahead}")
     totals: dict[str, int] = {}
+    targets: dict[str, int] = {}
     names: dict[str, str] = {}
     for need in needs:
         if need.unpaid_wei < 0 or need.session_wei < 0:
@@ -66,8 +72,10 @@ def plan_reservation(needs: Sequence[Need], reserved_wei: Mapping[str, int], poo
         key = need.node.lower()
         names.setdefault(key, need.node)
         totals[key] = totals.get(key, 0) + need.total_wei
+        targets[key] = targets.get(key, 0) + need.unpaid_wei + ahead * need.session_wei
     have = {node.lower(): amount for node, amount in reserved_wei.items()}
-    short = [(names[key], total - have.get(key, 0)) for key, total in totals.items() if total > have.get(key, 0)]
+    short = [(names[key], targets[key] - have.get(key, 0)) for key, total in totals.items()
+             if total > have.get(key, 0)]
     if not short:
         return None
     shortfall = sum(amount for _, amount in short)
@@ -94,13 +102,14 @@ class EscrowAccount(Protocol):
 class Funder:
     """Keeps the allocations of the nodes a client uses topped up; `allow_deposit` lets a reservation take
     what the pool lacks from the wallet. `horizon_s`: how far ahead the reservation must hold (the receipts'
-    validity plus a margin for a long generation)."""
+    validity plus a margin for a long generation); `ahead`: how many sessions' worth a top-up reserves."""
 
-    def __init__(self, chain: EscrowAccount, allow_deposit: bool, horizon_s: int,
+    def __init__(self, chain: EscrowAccount, allow_deposit: bool, horizon_s: int, ahead: int = 1,
                  clock: Callable[[], float] = time.time) -> None:
         self.chain = chain
         self.allow_deposit = allow_deposit
         self.horizon_s = horizon_s
+        self.ahead = ahead
         self.clock = clock
 
     def ensure(self, needs: Sequence[Need]) -> Reservation | None:
@@ -110,7 +119,7 @@ class Funder:
         nodes = {need.node.lower(): need.node for need in needs}
         reserved = {node: self.chain.allocation_of(client, node).reserved_until(until) for node in nodes.values()}
         pool = self.chain.pool_balance(client)
-        plan = plan_reservation(needs, reserved, pool)
+        plan = plan_reservation(needs, reserved, pool, self.ahead)
         if plan is None:
             return None
         if plan.deposit_wei and not self.allow_deposit:

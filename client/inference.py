@@ -109,14 +109,15 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
 
 
 class InferenceClient:
-    """A funded client of one P2P-LLM deployment for one model. Before a generation uses its route it reserves
-    for every hop what that node may be owed (one transaction, see `client.funding`), from the escrow pool and,
-    with `allow_deposit`, from the wallet for what the pool lacks."""
+    """A funded client of one P2P-LLM deployment for one model. Before a generation uses its route it makes sure
+    every hop's node has reserved what it may be owed; when one falls short it reserves `reserve_ahead` sessions'
+    worth for it (one transaction for the route, see `client.funding`), from the escrow pool and, with
+    `allow_deposit`, from the wallet for what the pool lacks."""
 
     def __init__(self, chain: Chain, model: str, dtype: str = "float32", receipt_validity_s: int = 3600,
                  threads: int | None = None, allow_deposit: bool = True, transport: str = "relay",
                  ca_file: Path | None = None, link_endpoint: LinkEndpoint | None = None,
-                 step_timeout_s: float = 15.0) -> None:
+                 step_timeout_s: float = 15.0, reserve_ahead: int = 4) -> None:
         if chain.account is None:
             raise ValueError("InferenceClient needs a funded key: connect the Chain with an account")
         if threads:
@@ -130,7 +131,7 @@ class InferenceClient:
         self.payer = Payer(chain.address, bytes(chain.account.key), chain.escrow_domain(),
                            min(receipt_validity_s, max_validity - 60))
         # Receipts signed late in a long generation reach further; an hour covers that.
-        self.funder = Funder(chain, allow_deposit, self.payer.receipt_validity_s + 3600)
+        self.funder = Funder(chain, allow_deposit, self.payer.receipt_validity_s + 3600, ahead=reserve_ahead)
         self.transport = transport
         self.ca_file = ca_file
         self.options = StreamOptions(ssl_context=client_ssl_context(ca_file))

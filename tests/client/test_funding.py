@@ -27,6 +27,13 @@ def test_plan(needs: list[Need], reserved: dict[str, int], pool: int, expected: 
     assert plan_reservation(needs, reserved, pool) == expected
 
 
+def test_ahead_tops_up_to_several_sessions_only_when_short() -> None:
+    assert plan_reservation([Need(A, 5, 10)], {A: 15}, 100, ahead=3) is None  # covered: no transaction
+    assert plan_reservation([Need(A, 5, 10)], {A: 14}, 100, ahead=3) == Reservation((A,), (21,), 0)
+    with pytest.raises(ValueError):
+        plan_reservation([Need(A, 0, 1)], {}, 0, ahead=0)
+
+
 def test_negative_needs_are_refused() -> None:
     with pytest.raises(ValueError):
         plan_reservation([Need(A, -1, 5)], {}, 0)
@@ -36,16 +43,21 @@ addresses = st.sampled_from([A, B, C])
 
 
 @given(st.lists(st.builds(Need, addresses, st.integers(0, 10**20), st.integers(0, 10**20)), max_size=6),
-       st.dictionaries(addresses, st.integers(0, 10**21)), st.integers(0, 10**21))
-def test_plan_tops_every_node_up_exactly(needs: list[Need], reserved: dict[str, int], pool: int) -> None:
-    plan = plan_reservation(needs, reserved, pool)
+       st.dictionaries(addresses, st.integers(0, 10**21)), st.integers(0, 10**21), st.integers(1, 5))
+def test_plan_tops_every_node_up_exactly(needs: list[Need], reserved: dict[str, int], pool: int,
+                                         ahead: int) -> None:
+    plan = plan_reservation(needs, reserved, pool, ahead)
     want: dict[str, int] = {}
+    target: dict[str, int] = {}
     for need in needs:
         want[need.node] = want.get(need.node, 0) + need.total_wei
+        target[need.node] = target.get(need.node, 0) + need.unpaid_wei + ahead * need.session_wei
     added = dict(zip(plan.nodes, plan.amounts_wei, strict=True)) if plan else {}
     for node, total in want.items():
-        assert reserved.get(node, 0) + added.get(node, 0) >= total  # covered afterwards
-        assert added.get(node, 0) == max(total - reserved.get(node, 0), 0)  # and not a wei more
+        have = reserved.get(node, 0)
+        assert have + added.get(node, 0) >= total  # covered afterwards
+        # a node already covered gets nothing; one that falls short is topped up to `ahead` sessions, no more
+        assert added.get(node, 0) == (target[node] - have if total > have else 0)
     assert set(added) <= set(want)
     if plan is not None:
         assert all(a > 0 for a in plan.amounts_wei)

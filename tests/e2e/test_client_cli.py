@@ -171,7 +171,7 @@ def test_generate_reserves_from_the_wallet_only_when_allowed(network: Network,
     the wallet in the same transaction that reserves for the route, and the summary says so. A later run counts
     what the node is still owed (as it reports it) and reserves only what is missing."""
     fresh = ["--prompt-ids", "5,6,7", "--alpha", "1", "--max-new-tokens", "3", "--ignore-eos", "--model",
-             str(network.model), "--deployment", network.deployment_file, "--dev-account", "8"]
+             str(network.model), "--deployment", network.deployment_file, "--dev-account", "8", "--reserve-ahead", "1"]
     code, out, err = run(capsys, "generate", *fresh, "--no-deposit")
     assert code == 1 and out == "" and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert err.startswith("p2pclient generate: error: the route needs 0.000006 ETH more reserved for its nodes, the "
@@ -183,6 +183,13 @@ def test_generate_reserves_from_the_wallet_only_when_allowed(network: Network,
     # The node has not claimed the first run's 5 tokens yet: the next run tops up by exactly that much.
     code, out, err = run(capsys, "generate", *fresh, "--json")
     assert code == 0 and [r["amounts_wei"] for r in json.loads(out)["reservations"]] == [[5 * 10**12]]
+    # By default a top-up reserves four sessions' worth: the next generations need no transaction.
+    code, out, err = run(capsys, "generate", *fresh[:-2], "--json")
+    owed, reserved, session = 10 * 10**12, 11 * 10**12, 6 * 10**12
+    reservations = [r["amounts_wei"] for r in json.loads(out)["reservations"]]
+    assert code == 0 and reservations == [[owed + 4 * session - reserved]]
+    code, out, err = run(capsys, "generate", *fresh[:-2], "--json")
+    assert code == 0 and json.loads(out)["reservations"] == []
 
 
 def test_max_price_picks_an_affordable_route_or_refuses(network: Network,
