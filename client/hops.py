@@ -101,9 +101,11 @@ class HopSession:
     deadline: int = 0
     client_unpaid_wei: int = 0
     last_compute_ms: float = 0.0
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
     _claim: ReceiptClaim | None = None
     _ws: ClientConnection | None = None
-    _pending: deque[Message] = field(default_factory=deque)
+    _inbox: deque[Message | HopFailed] = field(default_factory=deque)
+    _reader: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------------------------------ stream
 
@@ -115,6 +117,56 @@ class HopSession:
                                      max_size=self.options.max_frame_bytes, compression=None, proxy=None)
         except (OSError, TimeoutError, InvalidHandshake, InvalidURI, ssl.SSLError, WireError) as exc:
             raise HopFailed(self.node, self.endpoint, f"cannot connect: {type(exc).__name__}: {exc}") from exc
+        self._reader = asyncio.get_running_loop().create_task(self._read(self._ws))
+
+    async def _read(self, ws: ClientConnection) -> None:
+        """Parse every frame as it arrives into the inbox and set `arrived` (which the route session may share
+        between its hops, to wait on all of them at once); end with the failure that closed the stream."""
+        failure: HopFailed
+        try:
+            async for frame in ws:
+                if not isinstance(frame, bytes):
+                    failure = HopFailed(self.node, self.endpoint, "sent a text frame")
+                    break
+                try:
+                    message = parse(frame, max_bytes=self.options.max_frame_bytes, dtype=self.dtype,
+                                    hidden_size=self.hidden_size)
+                except WireError as exc:
+                    failure = HopFailed(self.node, self.endpoint, f"unreadable frame: {exc}")
+                    break
+                self._inbox.append(message)
+                self.arrived.set()
+            else:
+                failure = HopFailed(self.node, self.endpoint, "stream closed by the node")
+        except (ConnectionClosed, OSError) as exc:
+            failure = HopFailed(self.node, self.endpoint, f"stream closed: {exc}")
+        self._inbox.append(failure)
+        self.arrived.set()
+
+    def take(self) -> Message | None:
+        """The oldest frame received and not taken yet, or None; raises the failure that closed the stream."""
+        if not self._inbox:
+            return None
+        item = self._inbox.popleft()
+        if isinstance(item, HopFailed):
+            self._inbox.appendleft(item)  # every later take raises it too
+            raise item
+        return item
+
+    def put_back(self, message: Message) -> None:
+        self._inbox.appendleft(message)
+
+    def take_error(self, code: str, position: int) -> StepError | None:
+        """Remove and return a received `code` error about the step at `position`, if one is waiting."""
+        for item in self._inbox:
+            if isinstance(item, StepError) and item.code == code and item.position == position:
+                self._inbox.remove(item)
+                return item
+        return None
+
+    @property
+    def has_mail(self) -> bool:
+        return bool(self._inbox)
 
     async def open(self) -> SessionOpened:
         """Connect if needed and open the session with a signed `OpenSession`. A refusal for lack of funds is a
@@ -145,25 +197,21 @@ class HopSession:
             raise HopFailed(self.node, self.endpoint, f"stream closed: {exc}") from exc
 
     async def recv(self, timeout_s: float) -> Message:
-        """The next frame from the node, parsed; HopFailed when the stream closes, stays silent for `timeout_s`,
-        or sends what cannot be read."""
-        if self._pending:
-            return self._pending.popleft()
-        if self._ws is None:
+        """The next frame from the node; HopFailed when the stream closes or sends what cannot be read, HopTimeout
+        when it stays silent for `timeout_s`."""
+        if self._ws is None and not self._inbox:
             raise HopFailed(self.node, self.endpoint, "not connected")
-        try:
-            frame = await asyncio.wait_for(self._ws.recv(), timeout_s)
-        except TimeoutError as exc:
-            raise HopTimeout(self.node, self.endpoint, f"no answer within {timeout_s:g} s") from exc
-        except (ConnectionClosed, OSError) as exc:
-            raise HopFailed(self.node, self.endpoint, f"stream closed: {exc}") from exc
-        if not isinstance(frame, bytes):
-            raise HopFailed(self.node, self.endpoint, "sent a text frame")
-        try:
-            return parse(frame, max_bytes=self.options.max_frame_bytes, dtype=self.dtype,
-                         hidden_size=self.hidden_size)
-        except WireError as exc:
-            raise HopFailed(self.node, self.endpoint, f"unreadable frame: {exc}") from exc
+        deadline = time.monotonic() + timeout_s
+        while (message := self.take()) is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise HopTimeout(self.node, self.endpoint, f"no answer within {timeout_s:g} s")
+            self.arrived.clear()
+            if self._inbox:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.arrived.wait(), left)
+        return message
 
     async def ping(self, timeout_s: float) -> int | None:
         """How far the node's session got (its next position), or None if it does not answer in time. Frames
@@ -180,7 +228,8 @@ class HopSession:
         except HopFailed:
             return None
         finally:
-            self._pending.extend(held)
+            for message in reversed(held):
+                self.put_back(message)
         return None
 
     async def close(self) -> None:
@@ -189,6 +238,11 @@ class HopSession:
             with contextlib.suppress(ConnectionClosed, OSError, TimeoutError):
                 await asyncio.wait_for(self._ws.close(), 2.0)
             self._ws = None
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+            self._reader = None
 
     # ------------------------------------------------------------------------------------------ payment
 

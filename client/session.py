@@ -140,6 +140,7 @@ class RouteSession:
     failures: int = 0
     slots: list[_Slot] = field(default_factory=list)
     retired: list[HopSession] = field(default_factory=list)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)  # set by every hop's reader
 
     def __post_init__(self) -> None:
         if self.transport not in TRANSPORTS:
@@ -230,22 +231,29 @@ class RouteSession:
             await slot.hop.send(slot.hop.step(position, hidden, tuple(relay)))
 
     async def _result(self, index: int, position: int, tokens: int) -> torch.Tensor:
-        """Hop `index`'s output at `position`. Stale frames are skipped; errors are classified."""
+        """Hop `index`'s output at `position`. Stale frames are skipped; errors are classified. While it waits, a
+        hop fed by the one before it also hears whether that one could not relay to it."""
         slot = self.slots[index]
         hop = slot.hop
         timeout = self.step_timeout_s + tokens * self.step_timeout_per_token_s
+        deadline = time.monotonic() + timeout
         while True:
-            try:
-                message = await hop.recv(timeout)
-            except HopTimeout:
-                length = await hop.ping(self.probe_timeout_s)
-                if length is None or length > position or slot.fed_by_client:
-                    raise
-                # Alive, but the step never reached it: the link from the previous node is broken.
-                log.warning("hop %s did not get step %d from the node before it; feeding it directly", hop.node,
-                            position)
+            feeder = None if index == 0 or slot.fed_by_client else self.slots[index - 1].hop
+            if feeder is not None and (error := feeder.take_error("next_hop_unreachable", position)) is not None:
+                log.warning("%s cannot reach the next hop (%s); the client feeds it", feeder.node, error.detail)
                 slot.fed_by_client = True
-                raise _LinkBroken(index) from None
+                raise _LinkBroken(index)
+            message = hop.take()
+            if message is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    await self._silent(index, position)
+                    continue
+                self.arrived.clear()
+                if not (hop.has_mail or (feeder is not None and feeder.has_mail)):
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.arrived.wait(), left)
+                continue
             if isinstance(message, StepResult):
                 if message.position == position and message.session_id == hop.session_id:
                     hop.served(message, tokens)
@@ -253,8 +261,19 @@ class RouteSession:
                 continue  # a late copy of an earlier step
             if isinstance(message, StepError):
                 self._classify(index, message, position, tokens)
-                continue
             # Pongs of earlier probes and the like: nothing to do.
+
+    async def _silent(self, index: int, position: int) -> None:
+        """Hop `index` said nothing in time: if it is alive and never got the step from the node before it, the
+        link is broken (the client feeds it from now on); otherwise it failed."""
+        slot = self.slots[index]
+        length = await slot.hop.ping(self.probe_timeout_s)
+        if length is None or length > position or slot.fed_by_client:
+            raise HopTimeout(slot.hop.node, slot.hop.endpoint, "no answer to the step nor to a ping")
+        log.warning("hop %s did not get step %d from the node before it; feeding it directly", slot.hop.node,
+                    position)
+        slot.fed_by_client = True
+        raise _LinkBroken(index)
 
     def _classify(self, index: int, error: StepError, position: int, tokens: int) -> None:
         """Raise what an error from hop `index` means for the step at `position`; return to keep waiting."""
@@ -352,7 +371,7 @@ class RouteSession:
         candidate = self.market.by_offer_id()[hop.offer_id]
         return HopSession(self.payer, candidate.offer.node, candidate.offer.endpoint, hop.offer_id, hop.start,
                           hop.end, hop.price_wei_per_token, candidate.credit_wei, self.max_length, self.dtype,
-                          self.hidden_size, self.options)
+                          self.hidden_size, self.options, arrived=self.arrived)
 
     async def _open_and_fund(self, hops: Sequence[HopSession]) -> None:
         """Open every hop; reserve, in one transaction, what each node lacks (opening again those that refused

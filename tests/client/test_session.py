@@ -7,6 +7,8 @@ covered by tests/node/test_stream.py and the end-to-end tests."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,13 +22,12 @@ from client.routing import Route, find_route
 from client.session import FailoverExhausted, RouteSession
 from p2pllm.chain import Offer
 from p2pllm.receipts import EscrowDomain
-from p2pllm.wire import Message, NodeInfo, Ping, Pong, SessionOpened, Step, StepError, StepResult
+from p2pllm.wire import Message, NodeInfo, Ping, Pong, ReceiptClaim, SessionOpened, Step, StepError, StepResult
 
 LAYERS = 6
 MODEL = b"\x01" * 32
 DOMAIN = EscrowDomain(31337, "0x" + "E5" * 20)
 PAYER = Payer("0x" + "C1" * 20, b"\x01" * 32, DOMAIN)
-CLOSED = object()
 
 
 @dataclass
@@ -54,12 +55,12 @@ class FakeNode:
         session = self.sessions.get(step.session_id)
         if self.dead or session is None:
             return
-        inbox: asyncio.Queue = session["inbox"]
+        inbox = session["inbox"]
         fault = self.fault if self.fault is not None and self.fault.at == step.position else None
         if fault is not None and fault.kind == "die":
             self.dead = True
             for s in self.sessions.values():
-                s["inbox"].put_nowait(CLOSED)
+                s["inbox"].put_nowait(HopFailed(self.address, self.endpoint, "stream closed"))
             return
         if fault is not None and fault.kind == "silent":
             session["silent"] = True
@@ -76,6 +77,8 @@ class FakeNode:
         session["length"] += tokens
         session["computed"] += tokens
         out = step.hidden + (self.end - self.start)
+        # As the real node: the client's copy first, then the push on (and word if it failed).
+        inbox.put_nowait(StepResult(step.session_id, step.position, not step.relay, 1.0, out))
         if step.relay:
             following = step.relay[0]
             receipt = following.receipt
@@ -87,7 +90,6 @@ class FakeNode:
                                            step.session_id, step.position, relayed))
             elif fault is None or fault.kind != "drop_relay":
                 self.network.push(following.endpoint, onward)
-        inbox.put_nowait(StepResult(step.session_id, step.position, not step.relay, 1.0, out))
 
 
 @dataclass
@@ -99,10 +101,22 @@ class Network:
         self.nodes[endpoint].deliver(step, relayed=True)
 
 
+class Inbox:
+    """A hop's received frames, announced on the route session's shared event (as `HopSession`'s reader does)."""
+
+    def __init__(self, arrived: asyncio.Event) -> None:
+        self.items: deque[Any] = deque()
+        self.arrived = arrived
+
+    def put_nowait(self, item: Any) -> None:
+        self.items.append(item)
+        self.arrived.set()
+
+
 class FakeHop:
     """The `HopSession` interface over a `FakeNode`."""
 
-    def __init__(self, node: FakeNode, hop: Any, max_length: int) -> None:
+    def __init__(self, node: FakeNode, hop: Any, max_length: int, arrived: asyncio.Event) -> None:
         self.fake = node
         self.node, self.endpoint, self.offer_id = node.address, node.endpoint, hop.offer_id
         self.start, self.end = hop.start, hop.end
@@ -111,12 +125,17 @@ class FakeHop:
         self.tokens = self.signed_wei = 0
         self.signing_s = 0.0
         self.client_unpaid_wei = 0
-        self.inbox: asyncio.Queue = asyncio.Queue()
+        self.arrived = arrived
+        self.inbox = Inbox(arrived)
         self.closed = False
 
     @property
     def max_cost_wei(self) -> int:
         return self.max_length * self.price_wei_per_token
+
+    @property
+    def has_mail(self) -> bool:
+        return bool(self.inbox.items)
 
     async def open(self) -> SessionOpened:
         if self.fake.dead:
@@ -126,8 +145,6 @@ class FakeHop:
         return SessionOpened(self.session_id, self.max_length, 100, 0)
 
     def claim_for(self, tokens_after: int) -> Any:
-        from p2pllm.wire import ReceiptClaim
-
         self.signed_wei = tokens_after * self.price_wei_per_token
         return ReceiptClaim(tokens_after, self.signed_wei, 2_000_000_000, b"\x01" * 65)
 
@@ -144,25 +161,51 @@ class FakeHop:
             if not session["silent"]:
                 self.inbox.put_nowait(Pong(self.session_id, session["length"]))
 
-    async def recv(self, timeout_s: float) -> Message:
-        try:
-            item = await asyncio.wait_for(self.inbox.get(), timeout_s)
-        except TimeoutError as exc:
-            raise HopTimeout(self.node, self.endpoint, "silent") from exc
-        if item is CLOSED:
-            raise HopFailed(self.node, self.endpoint, "stream closed")
+    def take(self) -> Message | None:
+        if not self.inbox.items:
+            return None
+        item = self.inbox.items.popleft()
+        if isinstance(item, HopFailed):
+            self.inbox.items.appendleft(item)
+            raise item
         return item
 
-    async def ping(self, timeout_s: float) -> int | None:
-        await self.send(Ping(self.session_id))
-        try:
-            answer = await asyncio.wait_for(self.inbox.get(), timeout_s)
-        except TimeoutError:
-            return None
-        if isinstance(answer, Pong):
-            return answer.length
-        self.inbox.put_nowait(answer)
+    def put_back(self, message: Message) -> None:
+        self.inbox.items.appendleft(message)
+
+    def take_error(self, code: str, position: int) -> StepError | None:
+        for item in self.inbox.items:
+            if isinstance(item, StepError) and item.code == code and item.position == position:
+                self.inbox.items.remove(item)
+                return item
         return None
+
+    async def recv(self, timeout_s: float) -> Message:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while (message := self.take()) is None:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                raise HopTimeout(self.node, self.endpoint, "silent")
+            self.arrived.clear()
+            if not self.inbox.items:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.arrived.wait(), left)
+        return message
+
+    async def ping(self, timeout_s: float) -> int | None:
+        held = []
+        try:
+            await self.send(Ping(self.session_id))
+            while True:
+                answer = await self.recv(timeout_s)
+                if isinstance(answer, Pong):
+                    return answer.length
+                held.append(answer)
+        except HopFailed:
+            return None
+        finally:
+            for message in reversed(held):
+                self.put_back(message)
 
     def served(self, result: StepResult, tokens: int) -> None:
         self.tokens = result.position + tokens
@@ -176,7 +219,7 @@ class FakeSession(RouteSession):
 
     def _new_hop(self, hop: Any) -> Any:
         node = next(n for n in self.network.nodes.values() if n.address == hop.node)
-        return FakeHop(node, hop, self.max_length)
+        return FakeHop(node, hop, self.max_length, self.arrived)
 
 
 # Nodes: A [0,3) and A2 [0,3); B [3,6), B2 [3,6) and B3 [3,6). Prices make A, B the first choice.
