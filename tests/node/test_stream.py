@@ -213,17 +213,17 @@ def test_relayed_steps_and_their_errors_reach_the_client(harness: Harness) -> No
     _error(relayer.recv(), "unknown_session")
 
 
-def test_next_hop_unreachable_is_told_before_the_copy(harness: Harness) -> None:
+def test_next_hop_unreachable_is_told_after_the_copy(harness: Harness) -> None:
     session = harness.opened()
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{closed.getsockname()[1]}"
     relay = (NextHop(dead, os.urandom(32), session.claim(1)),)
     session.send(session.step(hidden(), relay=relay))
-    error = _error(session.recv(), "next_hop_unreachable", position=0)
-    assert error.detail["endpoint"] == dead
     copy = session.recv()
     assert isinstance(copy, StepResult) and not copy.final and copy.position == 0
+    error = _error(session.recv(), "next_hop_unreachable", position=0)
+    assert error.detail["endpoint"] == dead
 
 
 def test_a_step_is_relayed_to_the_next_node(harness: Harness, tiny_llama_source: ModelSource) -> None:
