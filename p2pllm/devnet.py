@@ -24,9 +24,12 @@ class Anvil:
     """`with Anvil() as chain: chain.rpc_url` — started on a free port, stopped (and reaped) on exit."""
 
     def __init__(self, block_time_s: float | None = None, timeout_s: float = 30.0,
-                 extra_args: Sequence[str] = ()) -> None:
-        """`extra_args` go to anvil as they are (e.g. `("--hardfork", "shanghai")`)."""
+                 extra_args: Sequence[str] = (), host: str = "127.0.0.1", prefix: Sequence[str] = ()) -> None:
+        """`extra_args` go to anvil as they are (e.g. `("--hardfork", "shanghai")`); `host` is the address it binds
+        and its URL names; `prefix` runs it through another command (e.g. `ip netns exec NS`)."""
         self.block_time_s = block_time_s
+        self.host = host
+        self.prefix = tuple(prefix)
         self.extra_args = tuple(extra_args)
         self.timeout_s = timeout_s
         self.process: subprocess.Popen[str] | None = None
@@ -37,13 +40,13 @@ class Anvil:
     def rpc_url(self) -> str:
         if self.port is None:
             raise AnvilError("anvil is not running")
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def start(self) -> Anvil:
         binary = str(ANVIL) if ANVIL.exists() else shutil.which("anvil")
         if binary is None:
             raise AnvilError(f"anvil not found at {ANVIL}; run `make setup`")
-        cmd = [binary, "--host", "127.0.0.1", "--port", "0"]
+        cmd = [*self.prefix, binary, "--host", self.host, "--port", "0"]
         if self.block_time_s:
             cmd += ["--block-time", str(self.block_time_s)]
         cmd += self.extra_args

@@ -53,10 +53,12 @@ class NodeProcess:
         return self.process.returncode
 
 
-def start_node(args: Sequence[str], cwd: Path, timeout_s: float = 180, module: str = "node.cli") -> NodeProcess:
+def start_node(args: Sequence[str], cwd: Path, timeout_s: float = 180, module: str = "node.cli",
+               prefix: Sequence[str] = ()) -> NodeProcess:
     """Run `p2pnode serve ARGS` as a real process and wait for its READY line. `module` runs another entry
-    point with the same command line (a test fixture that wraps the node, e.g. tests.node.tampering_node)."""
-    cmd = [sys.executable, "-m", module, "serve", *args]
+    point with the same command line (a test fixture that wraps the node, e.g. tests.node.tampering_node);
+    `prefix` runs it through another command (e.g. `ip netns exec NS`)."""
+    cmd = [*prefix, sys.executable, "-m", module, "serve", *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])}
     process = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
