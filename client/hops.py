@@ -76,6 +76,7 @@ class StreamOptions:
     ssl_context: ssl.SSLContext | None = None
     connect_timeout_s: float = 10.0
     max_frame_bytes: int = 64 * 1024 * 1024
+    max_unread_frames: int = 256  # a node that sends more than the client has taken is flooding it
 
 
 @dataclass
@@ -134,12 +135,18 @@ class HopSession:
                 except WireError as exc:
                     failure = HopFailed(self.node, self.endpoint, f"unreadable frame: {exc}")
                     break
+                if len(self._inbox) >= self.options.max_unread_frames:
+                    failure = HopFailed(self.node, self.endpoint, f"sent more than {len(self._inbox)} frames that "
+                                        "were not asked for")
+                    break
                 self._inbox.append(message)
                 self.arrived.set()
             else:
                 failure = HopFailed(self.node, self.endpoint, "stream closed by the node")
         except (ConnectionClosed, OSError) as exc:
             failure = HopFailed(self.node, self.endpoint, f"stream closed: {exc}")
+        else:
+            ws.transport.abort()  # a node that broke the protocol gets no more of this client's time
         self._inbox.append(failure)
         self.arrived.set()
 

@@ -8,9 +8,11 @@ client's sessions."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -162,6 +164,47 @@ def test_oversized_frame_closes_the_stream(harness: Harness) -> None:
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
     _wait(lambda: harness.state.executor.free_tokens == free + 16)
     assert harness.opened().forward(hidden()).__class__ is StepResult
+
+
+def test_a_client_sending_faster_than_the_node_serves_is_held_back(harness: Harness,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Backpressure: the WebSocket layer reads the next frame only once the node has taken the previous one, so
+    a client that sends steps faster than the node serves them is stopped by TCP flow control instead of
+    growing a queue in the node. Steps are made slow (50 ms each); the client tries to push 64 MB of them."""
+    import node.stream
+
+    handled: list[int] = []
+    real_run_step = node.stream.run_step
+
+    def slow_run_step(*args: object) -> object:
+        handled.append(1)
+        time.sleep(0.05)
+        return real_run_step(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(node.stream, "run_step", slow_run_step)
+    session = harness.opened()
+    frame = encode(session.step(hidden(60), position=10**6))  # 61 KB; refused (out of order) once handled
+    sent: list[int] = []
+
+    def flood() -> None:
+        with contextlib.suppress(Exception):
+            for _ in range(1000):
+                session.send(frame)
+                sent.append(1)
+
+    sender = threading.Thread(target=flood, daemon=True)
+    sender.start()
+    sender.join(3)
+    in_flight = len(sent) - len(handled)
+    assert sender.is_alive() and len(sent) < 1000, "the node swallowed every frame as fast as it came"
+    assert in_flight * len(frame) < 32 * 1024 * 1024  # what the sockets' buffers hold, not the 64 MB sent
+    assert session.ws is not None
+    session.ws.socket.shutdown(socket.SHUT_RDWR)
+    sender.join(10)
+    assert not sender.is_alive()
+    monkeypatch.setattr(node.stream, "run_step", real_run_step)
+    other = harness.opened()  # the node still serves
+    assert isinstance(other.forward(hidden(2)), StepResult)
 
 
 def test_out_of_order_unknown_and_stream_bound(harness: Harness) -> None:
