@@ -24,6 +24,7 @@ from node.exposure import Exposure
 from node.ledger import Ledger
 from node.metrics import Metrics
 from node.payment import EscrowView, Terms
+from node.scheduler import Scheduler
 from node.session import SessionTable
 from p2pllm.wire import NodeInfo
 
@@ -51,6 +52,7 @@ class AppState:
     exposure: Exposure
     info: NodeInfo
     metrics: Metrics
+    scheduler: Scheduler
     max_session_length: int = 4096
     min_session_reserve_wei: int | None = None  # None: one token at the current price
     max_frame_bytes: int = 16 * 1024 * 1024
@@ -58,6 +60,16 @@ class AppState:
     fresh_escrow_min_s: float = 1.0
     now: Callable[[], int] = lambda: int(time.time())
     on_receipt: Callable[[], None] = lambda: None
+
+    def compute_ms_per_layer(self) -> float:
+        """The compute time per layer to advertise: the one measured at start-up, or, while several sessions
+        share the node, its recent decode rounds' time per layer when that is longer (a step waits for its whole
+        batch, so a client's latency estimate should include it)."""
+        base = self.info.compute_ms_per_layer
+        if len(self.sessions) <= 1:
+            return base
+        layers = self.executor.shard.end - self.executor.shard.start
+        return max(base, round(self.scheduler.load().recent_step_ms / layers, 4))
 
     @property
     def session_reserve_wei(self) -> int:

@@ -11,6 +11,7 @@ import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio.to_thread
 from fastapi import FastAPI, WebSocket
 from fastapi.responses import PlainTextResponse
 
@@ -31,6 +32,7 @@ def create_app(state: AppState, relay: RelaySettings | None = None, evict_every_
             if evictor is not None:
                 evictor.cancel()
             await state.sessions.close_all()
+            await anyio.to_thread.run_sync(state.scheduler.close)
 
     app = FastAPI(title="P2P-LLM node", version="0.2.0", lifespan=lifespan,
                   description="Serves a layer range of a transformer for per-token payment receipts. Sessions "
@@ -44,11 +46,15 @@ def create_app(state: AppState, relay: RelaySettings | None = None, evict_every_
 
     @app.get("/info")
     def info() -> dict[str, Any]:
+        load = state.scheduler.load()
+        active = len(state.sessions)
         current = dataclasses.replace(state.info, price_wei_per_token=state.terms.price_wei_per_token,
                                       credit_wei=state.terms.credit_wei,
                                       min_session_reserve_wei=state.session_reserve_wei,
                                       capacity_tokens=state.executor.budget_tokens,
-                                      free_tokens=state.executor.free_tokens)
+                                      free_tokens=state.executor.free_tokens,
+                                      compute_ms_per_layer=state.compute_ms_per_layer(),
+                                      active_sessions=active, queued_steps=load.queued, max_batch=load.max_batch)
         return current.to_json()
 
     @app.get("/metrics", response_class=PlainTextResponse)

@@ -48,6 +48,26 @@ def parse_layers(text: str) -> tuple[int, int]:
     return start, end
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
 def _layers_or_auto(text: str) -> tuple[int, int] | str:
     return "auto" if text == "auto" else parse_layers(text)
 
@@ -83,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="receipt ledger durability: normal survives a process crash; full also an OS crash "
                             "(an fsync per request)")
     serve.add_argument("--budget-tokens", type=int, default=8192, help="KV-cache budget in tokens")
+    serve.add_argument("--max-batch", type=_positive_int, default=32,
+                       help="most sessions' decode steps run as one batched forward (default 32; 1 = no batching)")
+    serve.add_argument("--batch-wait-ms", type=_non_negative_float, default=2.0,
+                       help="with several sessions open, wait up to this long to fill a batch (default 2)")
+    serve.add_argument("--prefill-chunk", type=_positive_int, default=128,
+                       help="prompts are computed in chunks of this many tokens, between decode batches "
+                            "(default 128)")
     serve.add_argument("--max-session-length", type=int, default=2048, help="longest session accepted")
     serve.add_argument("--credit", type=parse_eth, default=0,
                        help="ETH a receipt may lag behind what is owed; clients sign up to this much ahead "
@@ -198,7 +225,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         cpus=args.cpus,
         auto_price=auto, advertised_compute_ms_per_layer=args.advertise_compute_ms,
         min_session_reserve_wei=args.min_session_reserve, tls_cert=args.tls_cert, tls_key=args.tls_key,
-        ca_file=args.ca_file,
+        ca_file=args.ca_file, max_batch=args.max_batch, batch_wait_s=args.batch_wait_ms / 1000,
+        prefill_chunk=args.prefill_chunk,
         claim=ClaimPolicy(min_batch_wei=args.claim_min, max_age_s=args.claim_max_age, interval_s=args.claim_interval),
     )
     return serve(settings, connect(args))

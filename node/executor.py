@@ -3,11 +3,12 @@
 A session is opened with a maximum length; that many tokens (times the batch size) are reserved from the
 shard's cache budget until it closes or idles out. `forward(session_id, hidden, positions)` runs a prefill of
 many tokens or a decode of one through the shard, appending to the session's cache; positions must continue
-exactly where the cache ends. Every failure is a typed error carrying its data; the HTTP app maps them to
-status codes (e.g. `CacheBudgetExceeded` -> 503) in one place.
+exactly where the cache ends. `forward_batch` runs decode steps of many sessions as one batched forward per
+layer span (`p2pllm.batch`), refusing each bad step alone. Every failure is a typed error carrying its data;
+`node.api` maps them to stable codes (e.g. `CacheBudgetExceeded` -> `cache_full` with a retry delay).
 
 Thread-safe: a lock guards the session table and budget, and a per-session lock serializes each session's
-forwards, so different sessions run concurrently.
+forwards (a batch takes its sessions' locks in one global order).
 
 Boundary: knows shards, tensors and time; knows nothing about HTTP, the wire format, receipts or payment.
 """
@@ -17,12 +18,13 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from transformers import DynamicCache
 
+from p2pllm.batch import decode_batch
 from p2pllm.shard import Shard
 
 # ------------------------------------------------------------------------------------------------- errors
@@ -206,6 +208,60 @@ class ShardExecutor:
             session.length += int(positions.shape[0])
             session.last_used_at = self._clock()
             return out
+
+    def forward_batch(self, steps: Sequence[tuple[str, torch.Tensor, int]]) -> list[torch.Tensor | ExecutorError]:
+        """Decode steps ``(session_id, hidden (1, 1, hidden), position)`` of distinct sessions, run as one batched
+        forward per layer span; each step's output ``(1, 1, hidden)``, or the typed error that refused it alone
+        (unknown or closed session, wrong position, shape or dtype, too long). A failure inside a batched forward
+        leaves every cache of that batch half-updated: those sessions are dropped, and the error re-raised."""
+        results: list[torch.Tensor | ExecutorError | None] = [None] * len(steps)
+        found: list[tuple[int, _Session]] = []
+        seen: set[str] = set()
+        for index, (session_id, _, _) in enumerate(steps):
+            if session_id in seen:
+                raise ValueError(f"session {session_id!r} appears twice in one batch")
+            seen.add(session_id)
+            try:
+                found.append((index, self._get(session_id)))
+            except ExecutorError as exc:
+                results[index] = exc
+        found.sort(key=lambda item: item[1].session_id)  # one lock order for every caller: no deadlock
+        locked: list[_Session] = []
+        try:
+            groups: dict[tuple[int, int] | None, list[tuple[int, _Session]]] = {}
+            for index, session in found:
+                session.lock.acquire()
+                locked.append(session)
+                _, hidden, position = steps[index]
+                try:
+                    if session.closed:
+                        raise UnknownSession(session.session_id)
+                    self._validate(session, hidden, torch.tensor([position]))
+                    if hidden.shape[1] != 1:
+                        raise ShapeMismatch((session.batch_size, 1, self.shard.hidden_size), tuple(hidden.shape))
+                except ExecutorError as exc:
+                    results[index] = exc
+                    continue
+                groups.setdefault(session.span, []).append((index, session))
+            for span, group in groups.items():
+                hidden = torch.cat([steps[index][1] for index, _ in group]).to(self.shard.device)
+                try:
+                    with torch.inference_mode():
+                        out = decode_batch(self.shard, hidden, [steps[index][2] for index, _ in group],
+                                           [session.cache for _, session in group], span)
+                except BaseException:
+                    for _, session in group:
+                        self._drop(session)
+                    raise
+                now = self._clock()
+                for row, (index, session) in enumerate(group):
+                    session.length += 1
+                    session.last_used_at = now
+                    results[index] = out[row:row + 1]
+        finally:
+            for session in locked:
+                session.lock.release()
+        return [r if r is not None else UnknownSession(steps[i][0]) for i, r in enumerate(results)]
 
     def close_session(self, session_id: str) -> None:
         """Free a session's cache and budget; waits for a forward in flight on it."""

@@ -38,6 +38,10 @@ class EscrowView(Protocol):
         for the chain's answer now rather than a cached one (a client may just have topped up)."""
         ...
 
+    def answers_now(self, client: str) -> bool:
+        """Whether `reserved_wei(client, ...)` (not fresh) answers without reading the chain inline."""
+        ...
+
 
 @dataclass(frozen=True)
 class Terms:
@@ -107,6 +111,11 @@ class CachedEscrowView:
         elif refresh and not fresh:
             threading.Thread(target=self._refresh, args=(client,), name="escrow-refresh", daemon=True).start()
         return entry.allocation.reserved_until(until)
+
+    def answers_now(self, client: str) -> bool:
+        with self._lock:
+            entry = self._cache.get(client.lower())
+            return entry is not None and self._clock() - entry.read_at <= self._max_stale_s
 
     def refresh(self, client: str) -> None:
         """Read `client`'s allocation now (for the claimer, after its claims changed it); failures are logged

@@ -28,6 +28,7 @@ from node.ledger import Ledger
 from node.metrics import Metrics
 from node.payment import CachedEscrowView, Terms
 from node.relay import RelaySettings
+from node.scheduler import Scheduler
 from node.session import SessionTable
 from p2pllm.chain import Chain, Offer
 from p2pllm.cpus import format_cpu_list, pin_process
@@ -68,6 +69,9 @@ class ServeSettings:
     advertised_compute_ms_per_layer: float | None = None
     auto_price: Any = None  # node.pricing_agent.AutoPriceSettings, when --auto-price is on
     min_session_reserve_wei: int | None = None  # None: one token at the current price
+    max_batch: int = 32
+    batch_wait_s: float = 0.002
+    prefill_chunk: int = 128
     tls_cert: Path | None = None
     tls_key: Path | None = None
     ca_file: Path | None = None  # CA for dialing the next hop's wss endpoint (default: the system's)
@@ -198,7 +202,14 @@ def serve(settings: ServeSettings, chain: Chain) -> int:
         report = claimer.claim_all()
         say(f"claimed {report.receipts} receipt(s), {report.paid_wei} wei")
     sessions = SessionTable(executor)
+    scheduler = Scheduler(executor, max_batch=settings.max_batch, max_wait_s=settings.batch_wait_s,
+                          prefill_chunk=settings.prefill_chunk)
     metrics = Metrics({"p2pllm_active_sessions": ("Open sessions.", lambda: len(sessions)),
+                       "p2pllm_queued_steps": ("Steps waiting for or in the compute worker.",
+                                               lambda: scheduler.load().queued),
+                       "p2pllm_decode_batches": ("Decode rounds run (each one forward).", lambda: scheduler.batches),
+                       "p2pllm_decode_batched_steps": ("Decode steps served in those rounds.",
+                                                       lambda: scheduler.batched_steps),
                        "p2pllm_unclaimed_wei": ("Wei held in receipts, not yet paid on-chain.",
                                                 lambda: sum(h.unclaimed_wei for h in ledger.unclaimed()))})
     max_frame_bytes = settings.max_session_length * shard.hidden_size * shard.dtype.itemsize + FRAME_SLACK_BYTES
@@ -211,7 +222,8 @@ def serve(settings: ServeSettings, chain: Chain) -> int:
         price_wei_per_token=offer.price_wei_per_token, credit_wei=settings.credit_wei, min_session_reserve_wei=0,
         capacity_tokens=settings.budget_tokens, free_tokens=settings.budget_tokens)
     state = AppState(executor=executor, sessions=sessions, ledger=ledger, terms=terms, escrow=escrow_view,
-                     exposure=exposure, info=info, metrics=metrics, max_session_length=settings.max_session_length,
+                     exposure=exposure, info=info, metrics=metrics, scheduler=scheduler,
+                     max_session_length=settings.max_session_length,
                      min_session_reserve_wei=settings.min_session_reserve_wei, max_frame_bytes=max_frame_bytes)
     relay = RelaySettings(ssl_context=client_ssl_context(settings.ca_file), max_frame_bytes=max_frame_bytes)
     app = create_app(state, relay, evict_every_s=min(settings.session_ttl_s / 2, 30.0))

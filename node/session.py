@@ -43,6 +43,7 @@ class NodeSession:
     span: tuple[int, int]
     send_to_client: SendFrame
     relay: RelayLinks | None = None
+    held: Receipt | None = None  # the ledger's newest receipt for this session from an earlier run, read at open
     owed_wei: int = 0
     accepted: AcceptedReceipt | None = None
     fresh_escrow_at: float = -math.inf

@@ -6,11 +6,14 @@ message and answered. A stream is bound by its first frame:
   as long as this stream: results and errors of its steps, wherever they came from, go to the client here.
 - `Step` (a relaying node): steps for an existing session, pushed by the node before it on the route.
 
-A step is paid and computed (`node.steps`), then its output is pushed to the next hop when the step says so
-(`node.relay`) and a copy, or the final result, goes to the client. A frame that cannot be read, a step that
-cannot be paid, a next hop that cannot be reached: each is a `StepError` with a stable code, sent to the
-client (or, for a relayed step whose session is unknown, back to the relaying node). Decode steps run on the
-event loop; longer steps run in a worker thread. Knows nothing about HTTP routes or uvicorn."""
+A step is admitted against its receipt (`node.steps`), queued for the compute worker (`node.scheduler`, which
+batches it with other sessions' steps), then a copy of its output, or the final result, goes to the client and
+the output is pushed to the next hop when the step says so (`node.relay`). A frame that cannot be read, a step
+that cannot be paid, a next hop that cannot be reached: each is a `StepError` with a stable code, sent to the
+client (or, for a relayed step whose session is unknown, back to the relaying node). The event loop never waits
+on compute, SQLite or the chain: those run on the compute worker or in worker threads. A stream handles its
+frames one at a time, so each session's steps stay in order and a fast sender is held back by TCP. Knows
+nothing about HTTP routes or uvicorn."""
 
 from __future__ import annotations
 
@@ -26,9 +29,10 @@ from node.api import AppState, StepFailure, executor_failure
 from node.executor import ExecutorError
 from node.payment import EscrowUnavailable
 from node.relay import Relay, RelaySettings, RelayUnreachable
+from node.scheduler import SchedulerClosed
 from node.session import NodeSession
-from node.steps import run_step
-from p2pllm.receipts import ReceiptSignatureError, SessionOpenTerms, recover_session_signer
+from node.steps import NeedsChain, admit, record, refund, settle
+from p2pllm.receipts import Receipt, ReceiptSignatureError, SessionOpenTerms, recover_session_signer
 from p2pllm.wire import (
     Message,
     OpenSession,
@@ -44,10 +48,6 @@ from p2pllm.wire import (
 )
 
 log = logging.getLogger("p2pnode.stream")
-
-# A decode step (a few tokens, a few ms) runs on the event loop: handing it to a worker thread costs a thread
-# wake-up per hop. Longer steps go to a worker, so other streams and /health stay responsive meanwhile.
-INLINE_MAX_TOKENS = 8
 
 
 class StreamConnection:
@@ -164,20 +164,21 @@ class StreamConnection:
             raise StepFailure("session_exists", {"session_id": "0x" + message.session_id.hex()})
         # The chain and the ledger are read in a worker thread: an unknown client's escrow read must not stall
         # the other streams.
-        reserved, unpaid = await anyio.to_thread.run_sync(self._cover, message.client, now)
+        reserved, unpaid, held = await anyio.to_thread.run_sync(self._cover, message.client, message.session_id, now)
         needed = unpaid + state.session_reserve_wei
         if reserved < needed:
             raise StepFailure("insufficient_escrow", {"reserved_wei": str(reserved), "client_unpaid_wei": str(unpaid),
                                                       "min_session_reserve_wei": str(state.session_reserve_wei),
                                                       "needed_wei": str(needed)})
         session = NodeSession(message.session_id, message.client, message.max_length,
-                              (message.layer_start, message.layer_end), self.send_frame)
+                              (message.layer_start, message.layer_end), self.send_frame, held=held)
         session.relay = Relay(self.relay_settings, self.send_frame)
         return session
 
-    def _cover(self, client: str, now: int) -> tuple[int, int]:
+    def _cover(self, client: str, session_id: bytes, now: int) -> tuple[int, int, Receipt | None]:
         """What `client` has reserved for this node through a receipt's longest validity (read fresh when the
-        cached answer falls short) and what it owes this node unpaid."""
+        cached answer falls short), what it owes this node unpaid, and the ledger's receipt for this session
+        from an earlier run, if any."""
         state = self.state
         until = now + state.terms.max_receipt_validity_s
         unpaid = state.exposure.unpaid_wei(client)
@@ -187,7 +188,8 @@ class StreamConnection:
                 reserved = state.escrow.reserved_wei(client, until, fresh=True)
         except EscrowUnavailable as exc:
             raise StepFailure("chain_unavailable", {"reason": str(exc)}, state.retry_after_s) from exc
-        return reserved, unpaid
+        held = state.ledger.latest(client, session_id)
+        return reserved, unpaid, held.receipt if held is not None else None
 
     # ------------------------------------------------------------------------------------------ steps
 
@@ -206,14 +208,29 @@ class StreamConnection:
         started = time.perf_counter()
         tokens = int(step.hidden.shape[1])
         try:
-            if tokens <= INLINE_MAX_TOKENS:
-                out, compute_s = run_step(state, session, step.position, step.hidden, step.receipt)
-            else:
-                out, compute_s = await anyio.to_thread.run_sync(run_step, state, session, step.position,
-                                                                step.hidden, step.receipt)
+            try:
+                admission = admit(state, session, step.position, tokens, step.receipt, blocking=False)
+            except NeedsChain:
+                admission = await anyio.to_thread.run_sync(admit, state, session, step.position, tokens,
+                                                            step.receipt, True)
         except StepFailure as failure:
             await self._error(failure, step.session_id, step.position, relayed, to=session)
             return
+        try:
+            out, compute_s = await state.scheduler.run(session.key, step.hidden, step.position,
+                                                       after=lambda: record(state, admission))
+        except Exception as exc:  # not served: the receipt no longer counts
+            refund(state, session, admission)
+            if isinstance(exc, ExecutorError):
+                failure = executor_failure(state, exc)
+            elif isinstance(exc, SchedulerClosed):
+                failure = StepFailure("shutting_down", {}, state.retry_after_s)
+            else:
+                log.exception("step of session %s failed", session.key)
+                failure = StepFailure("internal", {"reason": type(exc).__name__})
+            await self._error(failure, step.session_id, step.position, relayed, to=session)
+            return
+        settle(state, session, admission)
         unreachable: RelayUnreachable | None = None
         # The client's copy leaves before the push: on a host shared with the next node, the client then handles
         # it before the next node starts computing instead of preempting that compute (measured: 7 ms a token on

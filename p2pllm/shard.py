@@ -226,6 +226,30 @@ def load_shard(
     return Shard(sub, start, end, layers, rotary, layer_types_of(sub))
 
 
+def random_shard(
+    config: PretrainedConfig,
+    start: int,
+    end: int,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype = "float32",
+    seed: int = 0,
+) -> Shard:
+    """Layers ``[start, end)`` of the architecture `config` describes, randomly initialised (nothing is read):
+    the compute and memory of a real shard of that shape, for measuring widths no catalogue model has."""
+    config._attn_implementation = ATTN_IMPLEMENTATION
+    arch = architecture(config.model_type)
+    check_range(start, end, int(config.num_hidden_layers))
+    target_device, target_dtype = resolve_device(device), resolve_dtype(dtype)
+    sub = shard_config(config, start, end)
+    torch.manual_seed(seed)
+    with torch.device(target_device):
+        layers = nn.ModuleList(arch.decoder_layer(sub, i) for i in range(end - start))
+    layers.to(dtype=target_dtype)
+    layers.requires_grad_(False)
+    layers.eval()
+    return Shard(sub, start, end, layers, build_rotary(arch, sub, target_device), layer_types_of(sub))
+
+
 def load_config(path: Path) -> PretrainedConfig:
     """The model's config with the attention implementation pinned to what transformers uses by default."""
     config = AutoConfig.from_pretrained(path)

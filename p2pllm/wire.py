@@ -436,6 +436,9 @@ class NodeInfo:
     capacity_tokens: int
     free_tokens: int
     stream_path: str = "/stream"
+    active_sessions: int = 0
+    queued_steps: int = 0  # waiting for, or in, the compute worker
+    max_batch: int = 1  # most decode steps of different sessions run as one forward
 
     def to_json(self) -> dict[str, Any]:
         return {"version": self.VERSION, "node": self.node, "model": self.model, "model_id": _hex(self.model_id),
@@ -447,7 +450,8 @@ class NodeInfo:
                 "price_wei_per_token": str(self.price_wei_per_token), "credit_wei": str(self.credit_wei),
                 "min_session_reserve_wei": str(self.min_session_reserve_wei),
                 "capacity_tokens": self.capacity_tokens, "free_tokens": self.free_tokens,
-                "stream_path": self.stream_path}
+                "stream_path": self.stream_path, "active_sessions": self.active_sessions,
+                "queued_steps": self.queued_steps, "max_batch": self.max_batch}
 
     @classmethod
     def from_json(cls, data: Any) -> NodeInfo:
@@ -464,7 +468,11 @@ class NodeInfo:
             _int(data, "max_receipt_validity_s"), _int(data, "thaw_period_s"),
             _int(data, "price_wei_per_token", _UINT256), _int(data, "credit_wei", _UINT256),
             _int(data, "min_session_reserve_wei", _UINT256), _int(data, "capacity_tokens"),
-            _int(data, "free_tokens"), _str(data, "stream_path", 64))
+            _int(data, "free_tokens"), _str(data, "stream_path", 64),
+            # Load fields came later within version 1: a node without them reports no load and no batching.
+            _int(data, "active_sessions") if "active_sessions" in data else 0,
+            _int(data, "queued_steps") if "queued_steps" in data else 0,
+            _int(data, "max_batch") if "max_batch" in data else 1)
 
     def stream_url(self, endpoint: str) -> str:
         """The WebSocket URL of this node's stream at `endpoint` (http -> ws, https -> wss)."""

@@ -29,6 +29,7 @@ from node.exposure import Exposure
 from node.ledger import Ledger
 from node.metrics import Metrics
 from node.payment import CachedEscrowView, Terms
+from node.scheduler import Scheduler
 from node.session import SessionTable
 from p2pllm import codec
 from p2pllm.chain import Chain
@@ -97,8 +98,8 @@ def harness(dev_chain: DevChain, tiny_llama_source: ModelSource, tmp_path) -> It
     ledger = Ledger(tmp_path / "ledger.sqlite")
     state = AppState(executor=executor, sessions=SessionTable(executor), ledger=ledger, terms=terms,
                      escrow=CachedEscrowView(node_chain, node_chain.address), exposure=Exposure(ledger),
-                     info=_node_info(node_chain.address, domain), metrics=Metrics(), max_session_length=32,
-                     max_frame_bytes=MAX_FRAME)
+                     info=_node_info(node_chain.address, domain), metrics=Metrics(),
+                     scheduler=Scheduler(executor), max_session_length=32, max_frame_bytes=MAX_FRAME)
     with ServedApp(create_app(state), ws_max_size=MAX_FRAME) as served:
         yield Harness(served, state, client, node_chain.address, domain, client.block_timestamp() + 3600)
     ledger.close()
@@ -174,14 +175,14 @@ def test_a_client_sending_faster_than_the_node_serves_is_held_back(harness: Harn
     import node.stream
 
     handled: list[int] = []
-    real_run_step = node.stream.run_step
+    real_admit = node.stream.admit
 
-    def slow_run_step(*args: object) -> object:
+    def slow_admit(*args: object, **kwargs: object) -> object:
         handled.append(1)
         time.sleep(0.05)
-        return real_run_step(*args)  # type: ignore[arg-type]
+        return real_admit(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(node.stream, "run_step", slow_run_step)
+    monkeypatch.setattr(node.stream, "admit", slow_admit)
     session = harness.opened()
     frame = encode(session.step(hidden(60), position=10**6))  # 61 KB; refused (out of order) once handled
     sent: list[int] = []
@@ -202,7 +203,7 @@ def test_a_client_sending_faster_than_the_node_serves_is_held_back(harness: Harn
     session.ws.socket.shutdown(socket.SHUT_RDWR)
     sender.join(10)
     assert not sender.is_alive()
-    monkeypatch.setattr(node.stream, "run_step", real_run_step)
+    monkeypatch.setattr(node.stream, "admit", real_admit)
     other = harness.opened()  # the node still serves
     assert isinstance(other.forward(hidden(2)), StepResult)
 
@@ -278,7 +279,8 @@ def test_a_step_is_relayed_to_the_next_node(harness: Harness, tiny_llama_source:
                       terms=Terms(node=node_chain.node, domain=node_chain.domain, price_wei_per_token=PRICE,
                                   credit_wei=0, max_receipt_validity_s=86400),
                       escrow=harness.state.escrow, exposure=Exposure(harness.state.ledger),
-                      info=harness.state.info, metrics=Metrics(), max_session_length=32, max_frame_bytes=MAX_FRAME)
+                      info=harness.state.info, metrics=Metrics(), scheduler=Scheduler(executor),
+                      max_session_length=32, max_frame_bytes=MAX_FRAME)
     with ServedApp(create_app(second), ws_max_size=MAX_FRAME) as node2:
         first = harness.opened()
         last = PayingSession(node2.endpoint, os.urandom(32), bytes(harness.client.account.key),
@@ -397,6 +399,9 @@ class Reserved:
 
     def reserved_wei(self, client: str, until: int, fresh: bool = False) -> int:
         return self.wei
+
+    def answers_now(self, client: str) -> bool:
+        return True
 
 
 def test_escrow_cover_counts_what_was_claimed_meanwhile(harness: Harness) -> None:

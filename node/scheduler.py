@@ -1,0 +1,250 @@
+"""The node's compute scheduler: the steps of every session go to one queue, and one worker thread, off the event
+loop, runs them. Each round it takes every ready decode step (one token; at most `max_batch`, oldest first, one per
+session) and runs them as one batched forward (`ShardExecutor.forward_batch`: each session keeps its own cache and
+position), then runs one chunk of at most `prefill_chunk` tokens of the oldest prefill. A long prompt therefore
+holds the other sessions' decodes back by at most one chunk's compute per round, and a prefill advances every
+round, so no session starves.
+
+Policy: when more than one session is open, the worker waits up to `max_wait_s` for more decode steps while its
+batch is smaller than the number of open sessions (and `max_batch`); with one session open it never waits, so a
+lone session's latency is the unbatched path plus one thread hand-off.
+
+A step's `after` callback runs on the worker right after its compute and before its result is released (the node
+stores the step's receipt there, so the output never leaves before the receipt is durable, and the event loop
+never waits on SQLite). A step of a session that closed while queued fails alone with `UnknownSession`; a step
+refused by the executor fails alone with its typed error; the others of its batch are served. `close(drain)`
+refuses new steps with `SchedulerClosed`, then finishes (drain) or fails the queued ones, and stops the worker.
+
+Boundary: knows the executor, tensors and threads; knows nothing about streams, receipts or payment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from node.executor import ExecutorError, ShardExecutor
+
+After = Callable[[], None]
+
+
+class SchedulerClosed(Exception):
+    """The node is shutting down: no new steps are taken."""
+
+
+@dataclass
+class _Job:
+    session_id: str
+    hidden: torch.Tensor
+    position: int
+    after: After | None
+    future: concurrent.futures.Future[tuple[torch.Tensor, float]] = field(default_factory=concurrent.futures.Future)
+    done_tokens: int = 0
+    pieces: list[torch.Tensor] = field(default_factory=list)
+    compute_s: float = 0.0
+
+    @property
+    def tokens(self) -> int:
+        return int(self.hidden.shape[1])
+
+
+@dataclass(frozen=True)
+class Load:
+    """What the scheduler is doing, for `/info` and the pricing agent."""
+
+    queued: int  # steps waiting, or in flight
+    max_batch: int
+    recent_batch: float  # mean decode batch size over recent rounds
+    recent_step_ms: float  # mean compute time of a decode round over recent rounds (0 before any)
+
+
+class Scheduler:
+    """One compute worker over a `ShardExecutor`: `await run(...)` from the event loop, `submit(...)` from any
+    thread."""
+
+    def __init__(self, executor: ShardExecutor, *, max_batch: int = 32, max_wait_s: float = 0.002,
+                 prefill_chunk: int = 128) -> None:
+        if max_batch < 1 or prefill_chunk < 1 or max_wait_s < 0:
+            raise ValueError(f"need max_batch >= 1, prefill_chunk >= 1, max_wait_s >= 0; got {max_batch}, "
+                             f"{prefill_chunk}, {max_wait_s}")
+        self.executor = executor
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self.prefill_chunk = prefill_chunk
+        self._queue: deque[_Job] = deque()
+        self._prefill: _Job | None = None
+        self._cond = threading.Condition()
+        self._closing = False
+        self._drain = True
+        self._busy = 0
+        self._batch_ewma = 0.0
+        self._step_ewma_s = 0.0
+        self.batches = 0
+        self.batched_steps = 0
+        self._worker = threading.Thread(target=self._work, name="compute", daemon=True)
+        self._worker.start()
+
+    # ------------------------------------------------------------------------------------------ external
+
+    def submit(self, session_id: str, hidden: torch.Tensor, position: int,
+               after: After | None = None) -> concurrent.futures.Future[tuple[torch.Tensor, float]]:
+        """Queue a step; the future gives (output, compute seconds) or the error that refused it."""
+        job = _Job(session_id, hidden, position, after)
+        with self._cond:
+            if self._closing:
+                raise SchedulerClosed("the node is shutting down")
+            self._queue.append(job)
+            self._cond.notify()
+        return job.future
+
+    async def run(self, session_id: str, hidden: torch.Tensor, position: int,
+                  after: After | None = None) -> tuple[torch.Tensor, float]:
+        return await asyncio.wrap_future(self.submit(session_id, hidden, position, after))
+
+    def load(self) -> Load:
+        with self._cond:
+            queued = len(self._queue) + (self._prefill is not None) + self._busy
+            return Load(queued, self.max_batch, round(self._batch_ewma, 2), round(1000 * self._step_ewma_s, 3))
+
+    def close(self, drain: bool = True, timeout_s: float = 60.0) -> None:
+        """Refuse new steps; finish (`drain`) or fail what is queued; stop the worker."""
+        with self._cond:
+            self._closing = True
+            self._drain = drain
+            if not drain:
+                failed = list(self._queue) + ([self._prefill] if self._prefill is not None else [])
+                self._queue.clear()
+                self._prefill = None
+                for job in failed:
+                    _fail(job, SchedulerClosed("the node is shutting down"))
+            self._cond.notify_all()
+        self._worker.join(timeout_s)
+
+    # ------------------------------------------------------------------------------------------ worker
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and self._prefill is None and not self._closing:
+                    self._cond.wait()
+                if not self._queue and self._prefill is None:
+                    return  # closing, nothing left
+                self._fill_wait()
+                decodes = self._take_decodes()
+                if self._prefill is None:
+                    self._prefill = self._take_prefill()
+                prefill = self._prefill
+                self._busy = len(decodes)
+            if decodes:
+                self._run_decodes(decodes)
+            if prefill is not None:
+                self._run_prefill_chunk(prefill)
+            with self._cond:
+                self._busy = 0
+
+    def _fill_wait(self) -> None:
+        """With the lock held: wait (bounded) for a fuller batch when several sessions are open."""
+        if self.max_wait_s <= 0 or self._closing:
+            return
+        wanted = min(self.max_batch, len(self.executor.sessions()))
+        if wanted <= 1:
+            return
+        deadline = time.monotonic() + self.max_wait_s
+        while self._ready_decodes() < wanted and (left := deadline - time.monotonic()) > 0:
+            self._cond.wait(left)
+
+    def _ready_decodes(self) -> int:
+        return len({job.session_id for job in self._queue if job.tokens == 1})
+
+    def _take_decodes(self) -> list[_Job]:
+        taken: list[_Job] = []
+        sessions: set[str] = set()
+        kept: deque[_Job] = deque()
+        while self._queue:
+            job = self._queue.popleft()
+            if job.tokens == 1 and len(taken) < self.max_batch and job.session_id not in sessions:
+                taken.append(job)
+                sessions.add(job.session_id)
+            else:
+                kept.append(job)
+        self._queue = kept
+        return taken
+
+    def _take_prefill(self) -> _Job | None:
+        for job in self._queue:
+            if job.tokens > 1:
+                self._queue.remove(job)
+                return job
+        return None
+
+    def _run_decodes(self, jobs: list[_Job]) -> None:
+        started = time.perf_counter()
+        try:
+            if len(jobs) == 1:  # alone: the unbatched path itself (no padding mask), bit for bit
+                job = jobs[0]
+                try:
+                    results: list[torch.Tensor | ExecutorError] = [
+                        self.executor.forward(job.session_id, job.hidden, torch.tensor([job.position]))]
+                except ExecutorError as exc:
+                    results = [exc]
+            else:
+                results = self.executor.forward_batch([(job.session_id, job.hidden, job.position) for job in jobs])
+        except Exception as exc:  # a batched forward that failed as a whole (its sessions are dropped)
+            for job in jobs:
+                _fail(job, exc)
+            return
+        compute_s = time.perf_counter() - started
+        served = sum(1 for r in results if isinstance(r, torch.Tensor))
+        with self._cond:
+            self.batches += 1
+            self.batched_steps += served
+            self._batch_ewma = 0.8 * self._batch_ewma + 0.2 * served if self.batches > 1 else float(served)
+            self._step_ewma_s = 0.8 * self._step_ewma_s + 0.2 * compute_s if self.batches > 1 else compute_s
+        for job, result in zip(jobs, results, strict=True):
+            if isinstance(result, ExecutorError):
+                _fail(job, result)
+            else:
+                _finish(job, result, compute_s)
+
+    def _run_prefill_chunk(self, job: _Job) -> None:
+        start = job.done_tokens
+        end = min(job.tokens, start + self.prefill_chunk)
+        started = time.perf_counter()
+        try:
+            out = self.executor.forward(job.session_id, job.hidden[:, start:end],
+                                        torch.arange(job.position + start, job.position + end))
+        except Exception as exc:
+            with self._cond:
+                self._prefill = None
+            _fail(job, exc)
+            return
+        job.compute_s += time.perf_counter() - started
+        job.pieces.append(out)
+        job.done_tokens = end
+        if end == job.tokens:
+            with self._cond:
+                self._prefill = None
+            _finish(job, job.pieces[0] if len(job.pieces) == 1 else torch.cat(job.pieces, dim=1), job.compute_s)
+
+
+def _finish(job: _Job, out: torch.Tensor, compute_s: float) -> None:
+    if job.after is not None:
+        try:
+            job.after()
+        except Exception as exc:
+            _fail(job, exc)
+            return
+    if not job.future.done():
+        job.future.set_result((out, compute_s))
+
+
+def _fail(job: _Job, exc: BaseException) -> None:
+    if not job.future.done():
+        job.future.set_exception(exc)

@@ -1,0 +1,197 @@
+"""The compute scheduler over a real executor (the tiny Llama): batched steps equal solo ones, a step refused or
+cancelled fails alone, a long prefill cannot stall decodes, nothing starves, the `after` hook runs before a
+result is released, and shutdown drains or rejects cleanly. A gate (a step of a session named "gate" that
+blocks the worker until released) lines up the queue deterministically."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from node.executor import PositionMismatch, ShardExecutor, UnknownSession
+from node.scheduler import Scheduler, SchedulerClosed
+from p2pllm.models import ModelSource
+from p2pllm.shard import load_shard
+
+HIDDEN = 256
+
+
+class GatedExecutor:
+    """The real executor, except that a forward of session "gate" waits for `release`."""
+
+    def __init__(self, executor: ShardExecutor) -> None:
+        self.executor = executor
+        self.release = threading.Event()
+        self.entered = threading.Event()
+        self.batch_sizes: list[int] = []
+
+    def forward(self, session_id: str, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        if session_id == "gate":
+            self.entered.set()
+            assert self.release.wait(30)
+        self.batch_sizes.append(1)
+        return self.executor.forward(session_id, hidden, positions)
+
+    def forward_batch(self, steps: list) -> list:
+        self.batch_sizes.append(len(steps))
+        return self.executor.forward_batch(steps)
+
+    def sessions(self) -> list:
+        return self.executor.sessions()
+
+
+@pytest.fixture
+def executor(tiny_llama_source: ModelSource, one_torch_thread: None) -> ShardExecutor:
+    return ShardExecutor(load_shard(tiny_llama_source, 0, 4), budget_tokens=4096)
+
+
+@pytest.fixture
+def gated(executor: ShardExecutor) -> Iterator[tuple[GatedExecutor, Scheduler]]:
+    gate = GatedExecutor(executor)
+    scheduler = Scheduler(gate, max_batch=8, max_wait_s=0, prefill_chunk=4)  # type: ignore[arg-type]
+    executor.open_session(64, session_id="gate")
+    yield gate, scheduler
+    gate.release.set()
+    scheduler.close(drain=False)
+
+
+def hold_worker(gate: GatedExecutor, scheduler: Scheduler) -> concurrent.futures.Future:
+    future = scheduler.submit("gate", torch.randn(1, 1, HIDDEN), 0)
+    assert gate.entered.wait(30)
+    return future
+
+
+def open_with_prompt(executor: ShardExecutor, sid: str, tokens: int = 3) -> None:
+    executor.open_session(64, session_id=sid)
+    executor.forward(sid, torch.randn(1, tokens, HIDDEN), torch.arange(tokens))
+
+
+def test_a_batch_of_sessions_equals_each_alone(executor: ShardExecutor, tiny_llama_source: ModelSource) -> None:
+    reference = ShardExecutor(load_shard(tiny_llama_source, 0, 4), budget_tokens=4096)
+    gate = GatedExecutor(executor)
+    scheduler = Scheduler(gate, max_batch=8, max_wait_s=0)  # type: ignore[arg-type]
+    try:
+        prompts = {f"s{i}": torch.randn(1, 2 + i, HIDDEN) for i in range(5)}
+        for sid, prompt in prompts.items():
+            executor.open_session(64, session_id=sid)
+            reference.open_session(64, session_id=sid)
+            assert torch.equal(scheduler.submit(sid, prompt, 0).result(30)[0],
+                               reference.forward(sid, prompt, torch.arange(prompt.shape[1])))
+        executor.open_session(64, session_id="gate")
+        for step in range(4):
+            held = hold_worker(gate, scheduler) if step == 0 else None
+            steps = {sid: torch.randn(1, 1, HIDDEN) for sid in prompts}
+            futures = {sid: scheduler.submit(sid, x, prompts[sid].shape[1] + step) for sid, x in steps.items()}
+            gate.release.set()
+            for sid, future in futures.items():
+                got = future.result(30)[0]
+                want = reference.forward(sid, steps[sid], torch.tensor([prompts[sid].shape[1] + step]))
+                assert (got - want).abs().max() <= 1e-4 * want.abs().max()
+            if held is not None:
+                held.result(30)
+        assert max(gate.batch_sizes) == 5  # all five decoded as one batch
+    finally:
+        scheduler.close()
+
+
+def test_a_refused_or_cancelled_step_fails_alone(gated: tuple[GatedExecutor, Scheduler],
+                                                 executor: ShardExecutor) -> None:
+    gate, scheduler = gated
+    for sid in ("a", "b", "c", "d"):
+        open_with_prompt(executor, sid)
+    held = hold_worker(gate, scheduler)
+    good = scheduler.submit("a", torch.randn(1, 1, HIDDEN), 3)
+    wrong_position = scheduler.submit("b", torch.randn(1, 1, HIDDEN), 7)
+    cancelled = scheduler.submit("c", torch.randn(1, 1, HIDDEN), 3)
+    also_good = scheduler.submit("d", torch.randn(1, 1, HIDDEN), 3)
+    executor.close_session("c")  # the client went away while its step was queued
+    gate.release.set()
+    held.result(30)
+    assert good.result(30)[0].shape == (1, 1, HIDDEN) and also_good.result(30)[0].shape == (1, 1, HIDDEN)
+    with pytest.raises(PositionMismatch):
+        wrong_position.result(30)
+    with pytest.raises(UnknownSession):
+        cancelled.result(30)
+    assert gate.batch_sizes[-1] == 4  # one batch: the bad ones were refused inside it
+    assert executor.session("b").length == 3  # untouched
+
+
+def test_a_long_prefill_does_not_stall_decodes(gated: tuple[GatedExecutor, Scheduler],
+                                               executor: ShardExecutor) -> None:
+    """Prefill chunks of 4 tokens alternate with decode rounds: a decode queued behind a 40-token prompt is
+    served after one chunk, long before the prompt is done, and the prompt still finishes (nothing starves)."""
+    gate, scheduler = gated
+    open_with_prompt(executor, "decoder")
+    executor.open_session(64, session_id="prompt")
+    done: list[str] = []
+    held = hold_worker(gate, scheduler)
+    prompt = scheduler.submit("prompt", torch.randn(1, 40, HIDDEN), 0)
+    prompt.add_done_callback(lambda _: done.append("prompt"))
+    for i in range(3):
+        decode = scheduler.submit("decoder", torch.randn(1, 1, HIDDEN), 3 + i)
+        decode.add_done_callback(lambda _, i=i: done.append(f"decode{i}"))
+        if i == 0:
+            gate.release.set()
+            held.result(30)
+        decode.result(30)
+    assert prompt.result(30)[0].shape == (1, 40, HIDDEN)
+    assert done.index("decode0") < done.index("prompt") and done.index("decode2") < done.index("prompt")
+
+
+def test_after_runs_before_the_result_and_its_failure_fails_that_step_only(
+        gated: tuple[GatedExecutor, Scheduler], executor: ShardExecutor) -> None:
+    gate, scheduler = gated
+    open_with_prompt(executor, "a")
+    open_with_prompt(executor, "b")
+    order: list[str] = []
+    held = hold_worker(gate, scheduler)
+
+    def broken() -> None:
+        raise OSError("disk full")
+
+    ok = scheduler.submit("a", torch.randn(1, 1, HIDDEN), 3, after=lambda: order.append("after"))
+    ok.add_done_callback(lambda _: order.append("released"))
+    failing = scheduler.submit("b", torch.randn(1, 1, HIDDEN), 3, after=broken)
+    gate.release.set()
+    held.result(30)
+    ok.result(30)
+    assert order == ["after", "released"]
+    with pytest.raises(OSError, match="disk full"):
+        failing.result(30)
+
+
+def test_shutdown_drains_or_rejects(executor: ShardExecutor) -> None:
+    for drain in (True, False):
+        gate = GatedExecutor(executor)
+        scheduler = Scheduler(gate, max_wait_s=0)  # type: ignore[arg-type]
+        executor.open_session(64, session_id="gate")
+        open_with_prompt(executor, "a")
+        held = hold_worker(gate, scheduler)
+        queued = scheduler.submit("a", torch.randn(1, 1, HIDDEN), 3)
+        closer = threading.Thread(target=scheduler.close, kwargs={"drain": drain})
+        closer.start()
+        while not scheduler._closing:  # wait until close() has begun
+            pass
+        with pytest.raises(SchedulerClosed):
+            scheduler.submit("a", torch.randn(1, 1, HIDDEN), 4)
+        gate.release.set()
+        closer.join(30)
+        assert not closer.is_alive()
+        held.result(30)  # the step in flight always completes
+        if drain:
+            assert queued.result(30)[0].shape == (1, 1, HIDDEN)
+        else:
+            with pytest.raises(SchedulerClosed):
+                queued.result(30)
+        executor.close_session("gate")
+        executor.close_session("a")
+
+
+def test_bad_settings_are_refused(executor: ShardExecutor) -> None:
+    for kwargs in ({"max_batch": 0}, {"prefill_chunk": 0}, {"max_wait_s": -1}):
+        with pytest.raises(ValueError):
+            Scheduler(executor, **kwargs)  # type: ignore[arg-type]
