@@ -5,13 +5,17 @@
     # prints one JSON line; progress on stderr
 
 One node's compute path, in process: a `ShardExecutor` over layers [10, 20) of SmolLM2-135M (fp32 on CPU) and
-the node's `Scheduler`, driven from one event loop as the node's streams drive it. K sessions each prefill 32
+the node's `Scheduler`, driven from one event loop as the node's streams drive it, with the torch threads
+`p2pnode serve` uses by default (the CPUs less one, which is left to the event loop). K sessions each prefill 32
 tokens, then decode 64 tokens one step at a time (each step awaits its result before the next is submitted, as a
 route does). Measured over the decode phase: steps per second over all sessions (`steps_per_s_kK`), each step's
 latency from submit to result (`p50_step_ms_kK`, `p99_step_ms_kK`), and `speedup_kK` = steps_per_s_kK /
 steps_per_s_k1. Baselines in the same run: the unbatched path (`ShardExecutor.forward` called directly, one
 session: `p50_step_ms_unbatched`, and `p50_k1_vs_unbatched`, the ratio) and the scheduler with batching off
-(`--max-batch 1`) at the largest K that is at most 16 (`steps_per_s_kK_nobatch`).
+(`--max-batch 1`) at the largest K that is at most 16 (`steps_per_s_kK_nobatch`); and the ceiling of batching,
+the same K rows decoded in one cache of equal lengths as plain transformers batches a static batch
+(`steps_per_s_kK_equal_length`, and `kK_vs_equal_length`, the share of it the scheduler reaches with per-session
+caches of their own lengths).
 
 Realistic widths: the same at K in `--wide-ks` on randomly initialised Llama-architecture shards built from a
 config (no download): a 1B shape (hidden 2048, 8 of 16 layers, fp32 on CPU; `speedup_k16_h2048`), and on
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import time
@@ -88,6 +93,21 @@ def unbatched_p50(executor: ShardExecutor, prefill: int, tokens: int, hidden_siz
     return statistics.median(samples)
 
 
+def equal_length_rate(shard: Shard, k: int, prefill: int, tokens: int) -> float:
+    """The ceiling: K rows decoded in one cache of equal lengths (no per-session caches, no padding), as plain
+    transformers batches a static batch. Decode steps per second."""
+    cache = shard.new_cache()
+    shard(torch.randn(k, prefill, shard.hidden_size, dtype=shard.dtype, device=shard.device), torch.arange(prefill),
+          cache)
+    started = time.perf_counter()
+    for t in range(tokens):
+        shard(torch.randn(k, 1, shard.hidden_size, dtype=shard.dtype, device=shard.device),
+              torch.tensor([prefill + t], device=shard.device), cache)
+    if shard.device.type == "cuda":
+        torch.cuda.synchronize()
+    return k * tokens / (time.perf_counter() - started)
+
+
 def measure(shard: Shard, ks: list[int], prefill: int, tokens: int, label: str, nobatch_k: int | None,
             interleave_unbatched: bool) -> dict[str, float]:
     budget = (max(ks) + 2) * (prefill + tokens)
@@ -122,6 +142,10 @@ def measure(shard: Shard, ks: list[int], prefill: int, tokens: int, label: str, 
         out[f"p50_step_ms_unbatched{label}"] = round(statistics.median(unbatched), 3)
         out[f"p50_k1_vs_unbatched{label}"] = round(out[f"p50_step_ms_k1{label}"] / statistics.median(unbatched), 3)
     if nobatch_k is not None:
+        ceiling = statistics.median(equal_length_rate(shard, nobatch_k, prefill, tokens) for _ in range(2))
+        out[f"steps_per_s_k{nobatch_k}_equal_length{label}"] = round(ceiling, 2)
+        out[f"k{nobatch_k}_vs_equal_length{label}"] = round(out[f"steps_per_s_k{nobatch_k}{label}"] / ceiling, 3)
+        say(f"{label} K={nobatch_k} in one equal-length cache: {ceiling:.1f} steps/s")
         scheduler = Scheduler(executor, max_batch=1, max_wait_s=0)
         try:
             rate, _ = asyncio.run(drive(scheduler, executor, nobatch_k, prefill, tokens, shard.hidden_size,
@@ -152,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ks", default="1,4,16,32", help="concurrent sessions to measure (first = baseline)")
     parser.add_argument("--tokens", type=int, default=64, help="decode steps per session")
     parser.add_argument("--prefill", type=int, default=32, help="prompt tokens per session")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
+    parser.add_argument("--threads", type=int, default=max(1, len(os.sched_getaffinity(0)) - 1),
+                        help="torch threads of the compute worker (default: CPUs less one, as p2pnode serve)")
     parser.add_argument("--wide-ks", default="1,16", help="K for the realistic-width shard ('' to skip)")
     parser.add_argument("--wide-tokens", type=int, default=16, help="decode steps per session at realistic width")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])

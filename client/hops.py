@@ -163,10 +163,12 @@ class HopSession:
     def put_back(self, message: Message) -> None:
         self._inbox.appendleft(message)
 
-    def take_error(self, code: str, position: int) -> StepError | None:
-        """Remove and return a received `code` error about the step at `position`, if one is waiting."""
+    def take_error(self, code: str, position: int, endpoint: str | None = None) -> StepError | None:
+        """Remove and return a received `code` error about the step at `position` (and, when given, naming
+        `endpoint` in its detail), if one is waiting."""
         for item in self._inbox:
-            if isinstance(item, StepError) and item.code == code and item.position == position:
+            if (isinstance(item, StepError) and item.code == code and item.position == position
+                    and (endpoint is None or item.detail.get("endpoint") == endpoint)):
                 self._inbox.remove(item)
                 return item
         return None

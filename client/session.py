@@ -212,6 +212,12 @@ class RouteSession:
                 await self._inject(index, position, output)
         return inputs[len(self.slots)]
 
+    def _link(self, sender: HopSession, receiver: HopSession) -> str:
+        """The endpoint `sender` is told to push to for `receiver` (through `link_endpoint` when set)."""
+        if self.link_endpoint is None:
+            return receiver.endpoint
+        return self.link_endpoint(sender.node, receiver.endpoint)
+
     async def _inject(self, index: int, position: int, hidden: torch.Tensor) -> None:
         """Send the step at `position` to hop `index`, relayed on through the hops fed by their predecessor."""
         slot = self.slots[index]
@@ -222,10 +228,7 @@ class RouteSession:
             if following.fed_by_client:
                 break
             claim = following.hop.claim_for(position + tokens)
-            endpoint = following.hop.endpoint
-            if self.link_endpoint is not None:
-                endpoint = self.link_endpoint(previous.node, endpoint)
-            relay.append(NextHop(endpoint, following.hop.session_id, claim))
+            relay.append(NextHop(self._link(previous, following.hop), following.hop.session_id, claim))
             previous = following.hop
         with contextlib.suppress(HopFailed):  # noticed when its result does not come
             await slot.hop.send(slot.hop.step(position, hidden, tuple(relay)))
@@ -239,8 +242,10 @@ class RouteSession:
         deadline = time.monotonic() + timeout
         while True:
             feeder = None if index == 0 or slot.fed_by_client else self.slots[index - 1].hop
-            if feeder is not None and (error := feeder.take_error("next_hop_unreachable", position)) is not None:
-                log.warning("%s cannot reach the next hop (%s); the client feeds it", feeder.node, error.detail)
+            unreachable = None if feeder is None else feeder.take_error("next_hop_unreachable", position,
+                                                                        self._link(feeder, hop))
+            if feeder is not None and unreachable is not None:
+                log.warning("%s cannot reach the next hop (%s); the client feeds it", feeder.node, unreachable.detail)
                 slot.fed_by_client = True
                 raise _LinkBroken(index)
             message = hop.take()
@@ -281,7 +286,8 @@ class RouteSession:
         if error.position is not None and error.position < position:
             return  # about an earlier step that has been dealt with
         if error.code == "next_hop_unreachable":
-            if index + 1 < len(self.slots):
+            following = self.slots[index + 1].hop if index + 1 < len(self.slots) else None
+            if following is not None and error.detail.get("endpoint") == self._link(hop, following):
                 log.warning("%s cannot reach the next hop (%s); the client feeds it", hop.node, error.detail)
                 self.slots[index + 1].fed_by_client = True
             return

@@ -117,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--claim-min", type=parse_eth, default=10**15, help="claim once this much ETH is held")
     serve.add_argument("--claim-max-age", type=float, default=300.0, help="or once a receipt is this old (s)")
     serve.add_argument("--claim-interval", type=float, default=5.0, help="how often to check (s)")
-    serve.add_argument("--threads", type=int, help="torch CPU threads")
+    serve.add_argument("--threads", type=_positive_int,
+                       help="torch CPU threads of the compute worker (default: the CPUs allowed, less one)")
     serve.add_argument("--cpus", type=parse_cpus, metavar="LIST",
                        help="run only on these CPUs (e.g. 0 or 0-3,6); several nodes and a client on one small "
                             "host serve a route fastest all on one core (see README)")

@@ -41,6 +41,11 @@ timeout and cached for `info_ttl_s`; when that fails the agent assumes the compe
 node (cost = own compute per layer × its range length). Round-trip times are not modeled (the agent cannot
 know each client's RTT).
 
+Load. `p2pnode serve` gives the agent its advertised compute time as a function: while several sessions share
+the node, that is its recent decode rounds' time per layer (a batched step takes longer than a lone one), and
+competitors' `/info` reports theirs the same way; a busy node therefore prices as the slower node it is for
+the next client, and an idle one as its measured speed.
+
 Ordering with the HTTP terms. A price cut is applied to the node's terms first and then on-chain (restored
 if the transaction fails); a raise goes on-chain first and then to the terms. Either way the node never
 charges more than the registry advertises.
@@ -379,7 +384,7 @@ class PricingAgent:
         model_hash: bytes,
         terms_setter: Callable[[int], None],
         settings: AutoPriceSettings,
-        compute_ms_per_layer: float,
+        compute_ms_per_layer: float | Callable[[], float],
         *,
         costs: CompetitorCosts | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -408,8 +413,11 @@ class PricingAgent:
             log.info("offer %d: on-chain price is %d wei, not %d: charging it", self.offer_id,
                      mine.price_wei_per_token, self.charged_wei)
             self._set_terms(mine.price_wei_per_token)
-        own = OfferView(mine.offer_id, mine.start, mine.end, mine.price_wei_per_token, self.compute_ms_per_layer)
-        others = [self.costs.view(o, self.compute_ms_per_layer) for o in live if o.offer_id != self.offer_id]
+        # A callable is the node's current advertised compute time, which grows with its load (batching): the
+        # agent then prices the latency clients will actually see from it.
+        own_ms = self.compute_ms_per_layer() if callable(self.compute_ms_per_layer) else self.compute_ms_per_layer
+        own = OfferView(mine.offer_id, mine.start, mine.end, mine.price_wei_per_token, own_ms)
+        others = [self.costs.view(o, own_ms) for o in live if o.offer_id != self.offer_id]
         now = self.clock()
         decision = decide(own, others, self.settings, now, self.last_update_s)
         if decision.new_price_wei is not None:
@@ -457,7 +465,7 @@ def start_pricing_agent(
     model_hash: bytes,
     terms_setter: Callable[[int], None],
     settings: AutoPriceSettings,
-    compute_ms_per_layer: float,
+    compute_ms_per_layer: float | Callable[[], float],
 ) -> threading.Thread:
     """Run a `PricingAgent` for `offer` in a daemon thread, one step every `settings.interval_s`, until `stop`."""
     agent = PricingAgent(chain, offer, model_hash, terms_setter, settings, compute_ms_per_layer)
