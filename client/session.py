@@ -253,11 +253,13 @@ class RouteSession:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     await self._silent(index, position)
+                    deadline = time.monotonic() + self.probe_timeout_s  # it answered the probe: a little longer
                     continue
+                # Nothing from this hop (its inbox is empty): wait for any hop's next frame. A feeder's frames
+                # that are not about this link stay in its inbox for later; they must not keep us from waiting.
                 self.arrived.clear()
-                if not (hop.has_mail or (feeder is not None and feeder.has_mail)):
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.arrived.wait(), left)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.arrived.wait(), left)
                 continue
             if isinstance(message, StepResult):
                 if message.position == position and message.session_id == hop.session_id:
@@ -270,9 +272,12 @@ class RouteSession:
 
     async def _silent(self, index: int, position: int) -> None:
         """Hop `index` said nothing in time: if it is alive and never got the step from the node before it, the
-        link is broken (the client feeds it from now on); otherwise it failed."""
+        link is broken (the client feeds it from now on); if it has the step's answer after all, return; otherwise
+        it failed."""
         slot = self.slots[index]
         length = await slot.hop.ping(self.probe_timeout_s)
+        if length is not None and length > position and slot.hop.has_mail:
+            return  # it computed the step, and what it sent arrived while we probed: read it
         if length is None or length > position or slot.fed_by_client:
             raise HopTimeout(slot.hop.node, slot.hop.endpoint, "no answer to the step nor to a ping")
         log.warning("hop %s did not get step %d from the node before it; feeding it directly", slot.hop.node,

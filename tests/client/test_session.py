@@ -30,10 +30,14 @@ DOMAIN = EscrowDomain(31337, "0x" + "E5" * 20)
 PAYER = Payer("0x" + "C1" * 20, b"\x01" * 32, DOMAIN)
 
 
+CLIENT_LINK_S = 0.02  # how long a step takes from the client to a node
+
+
 @dataclass
 class Fault:
-    """What a node does wrong, and at which step position: die (its streams close), go silent (no answer, no
-    pong), drop_relay (computes, answers the client, never pushes on), tamper (pushes on with a receipt the
+    """What a node does wrong, and at which step position: die (its streams close), killed (dead before the
+    step arrives: its streams close, and the node relaying to it reports it unreachable), go silent (no answer,
+    no pong), drop_relay (computes, answers the client, never pushes on), tamper (pushes on with a receipt the
     client did not sign), unreachable (reports it cannot reach the next hop)."""
 
     kind: str
@@ -51,16 +55,26 @@ class FakeNode:
     sessions: dict[bytes, dict[str, Any]] = field(default_factory=dict)
     dead: bool = False
 
+    def alive_for(self, step: Step) -> bool:
+        """False once the node is dead; a "killed" node dies as this step reaches it."""
+        if self.fault is not None and self.fault.kind == "killed" and step.position >= self.fault.at:
+            self.die()
+        return not self.dead
+
+    def die(self) -> None:
+        if not self.dead:
+            self.dead = True
+            for s in self.sessions.values():
+                s["inbox"].put_nowait(HopFailed(self.address, self.endpoint, "stream closed"))
+
     def deliver(self, step: Step, relayed: bool) -> None:
         session = self.sessions.get(step.session_id)
-        if self.dead or session is None:
+        if not self.alive_for(step) or session is None:
             return
         inbox = session["inbox"]
         fault = self.fault if self.fault is not None and self.fault.at == step.position else None
         if fault is not None and fault.kind == "die":
-            self.dead = True
-            for s in self.sessions.values():
-                s["inbox"].put_nowait(HopFailed(self.address, self.endpoint, "stream closed"))
+            self.die()
             return
         if fault is not None and fault.kind == "silent":
             session["silent"] = True
@@ -85,9 +99,13 @@ class FakeNode:
             if fault is not None and fault.kind == "tamper":
                 receipt = type(receipt)(receipt.tokens, receipt.amount_wei, receipt.deadline, b"\xee" * 65)
             onward = Step(following.session_id, step.position, receipt, out, step.relay[1:])
+            unreachable = StepError("next_hop_unreachable", {"endpoint": following.endpoint}, self.address,
+                                    step.session_id, step.position, relayed)
             if fault is not None and fault.kind == "unreachable":
-                inbox.put_nowait(StepError("next_hop_unreachable", {"endpoint": following.endpoint}, self.address,
-                                           step.session_id, step.position, relayed))
+                inbox.put_nowait(unreachable)
+            elif not self.network.reachable(following.endpoint, onward):
+                # A push to a dead peer fails only when TCP says so: the client has seen its stream close by then.
+                asyncio.get_running_loop().call_later(CLIENT_LINK_S / 2, inbox.put_nowait, unreachable)
             elif fault is None or fault.kind != "drop_relay":
                 self.network.push(following.endpoint, onward)
 
@@ -97,8 +115,12 @@ class Network:
     nodes: dict[str, FakeNode] = field(default_factory=dict)
     opened: list[str] = field(default_factory=list)
 
+    def reachable(self, endpoint: str, step: Step) -> bool:
+        return self.nodes[endpoint].alive_for(step)
+
     def push(self, endpoint: str, step: Step) -> None:
-        self.nodes[endpoint].deliver(step, relayed=True)
+        """Node to node: it arrives a moment later (on the next turn of the event loop), as over a socket."""
+        asyncio.get_running_loop().call_soon(self.nodes[endpoint].deliver, step, True)
 
 
 class Inbox:
@@ -154,8 +176,8 @@ class FakeHop:
     async def send(self, message: Message) -> None:
         if self.fake.dead:
             raise HopFailed(self.node, self.endpoint, "stream closed")
-        if isinstance(message, Step):
-            self.fake.deliver(message, relayed=False)
+        if isinstance(message, Step):  # it arrives later, as over a network
+            asyncio.get_running_loop().call_later(CLIENT_LINK_S, self.fake.deliver, message, False)
         elif isinstance(message, Ping):
             session = self.fake.sessions[self.session_id]
             if not session["silent"]:
@@ -173,9 +195,10 @@ class FakeHop:
     def put_back(self, message: Message) -> None:
         self.inbox.items.appendleft(message)
 
-    def take_error(self, code: str, position: int) -> StepError | None:
+    def take_error(self, code: str, position: int, endpoint: str | None = None) -> StepError | None:
         for item in self.inbox.items:
-            if isinstance(item, StepError) and item.code == code and item.position == position:
+            if (isinstance(item, StepError) and item.code == code and item.position == position
+                    and (endpoint is None or item.detail.get("endpoint") == endpoint)):
                 self.inbox.items.remove(item)
                 return item
         return None
@@ -274,6 +297,9 @@ async def _generate(session: RouteSession, steps: int) -> list[torch.Tensor]:
     # B dies at position 4 (the second decode step): B2 replays the 4 tokens B had and takes over.
     ("relay", {"B": Fault("die", 4)}, ["A", "B2"], ["B"], {"A": 6, "B": 4, "B2": 6}),
     ("star", {"B": Fault("die", 4)}, ["A", "B2"], ["B"], {"A": 6, "B": 4, "B2": 6}),
+    # B is killed between steps: A cannot push to it and says so; B's stream closes; B2 takes over, and A's word
+    # about B (still waiting in A's inbox) is not taken for news about A's link to B2.
+    ("relay", {"B": Fault("killed", 4)}, ["A", "B2"], ["B"], {"A": 6, "B": 4, "B2": 6}),
     # B goes silent: the step times out, B does not answer a ping either, and is replaced.
     ("relay", {"B": Fault("silent", 3)}, ["A", "B2"], ["B"], {"A": 6, "B": 3, "B2": 6}),
     # A tampers with B's receipt: B refuses and tells the client, which blames A and replaces it.
@@ -297,6 +323,9 @@ def test_failover(transport: str, faults: dict[str, Fault], route: list[str], ba
     assert banned_names == sorted(banned)
     assert {name: _computed(network, name) for name in computed} == computed
     assert len(session.events) == len(banned)
+    # The client feeds the second hop itself only where the link to it really broke (or in star mode).
+    fed = transport == "star" or any(f.kind in ("drop_relay", "unreachable") for f in faults.values())
+    assert session.slots[1].fed_by_client == fed
     # What each hop was asked to be paid for is what it computed (its receipts never run ahead of its work).
     for hop in session.hops:
         node = network.nodes[hop.endpoint]
