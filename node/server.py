@@ -167,7 +167,7 @@ def serve(settings: ServeSettings, chain: Chain) -> int:
                   else measure_compute_ms_per_layer(shard))
 
     # proto=IPPROTO_TCP matters: asyncio only sets TCP_NODELAY on accepted sockets whose proto says TCP, and
-    # without it Nagle + delayed ACK add ~40 ms to every keep-alive response.
+    # without it Nagle + delayed ACK add ~40 ms to small frames on a stream.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
