@@ -46,6 +46,9 @@ from p2pllm.cli_common import (
     format_time,
     parse_cpus,
     parse_eth,
+    parse_non_negative_float,
+    parse_positive_float,
+    parse_positive_int,
     print_json,
     print_table,
 )
@@ -87,36 +90,6 @@ def parse_token_ids(text: str) -> list[int]:
     return ids
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from exc
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from exc
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from exc
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
-    return value
-
-
 def _top_p(text: str) -> float:
     try:
         value = float(text)
@@ -143,23 +116,23 @@ def _add_model_options(parser: argparse.ArgumentParser, threads: bool = False) -
 
 
 def _add_generation_options(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:
-    parser.add_argument("--max-new-tokens", type=_positive_int, default=max_new_tokens,
+    parser.add_argument("--max-new-tokens", type=parse_positive_int, default=max_new_tokens,
                         help=f"stop after this many new tokens (default {max_new_tokens})")
     parser.add_argument("--alpha", type=parse_alpha, default=0.5,
                         help="price weight α in [0, 1]: 1 = cheapest route, 0 = fastest (default 0.5)")
     parser.add_argument("--max-price", type=parse_eth, metavar="ETH",
                         help="refuse a route dearer than this many ETH per token")
-    parser.add_argument("--temperature", type=_non_negative_float, default=0.0,
+    parser.add_argument("--temperature", type=parse_non_negative_float, default=0.0,
                         help="sampling temperature; 0 = greedy (default 0)")
     parser.add_argument("--top-p", type=_top_p, default=1.0, help="nucleus sampling mass in (0, 1] (default 1)")
     parser.add_argument("--seed", type=int, help="seed for sampling (reproducible output)")
     parser.add_argument("--transport", choices=["relay", "star"], default="relay",
                         help="relay: each node pushes its output to the next (default); star: the client feeds "
                              "every node itself, for nodes that cannot reach each other")
-    parser.add_argument("--step-timeout", type=_positive_float, default=15.0, metavar="S",
+    parser.add_argument("--step-timeout", type=parse_positive_float, default=15.0, metavar="S",
                         help="a hop silent this long on a step (plus 0.05 s per token) is probed, then rerouted "
                              "(default 15)")
-    parser.add_argument("--reserve-ahead", type=_positive_int, default=4, metavar="N",
+    parser.add_argument("--reserve-ahead", type=parse_positive_int, default=4, metavar="N",
                         help="when a node's reservation falls short, reserve N sessions' worth for it, so that "
                              "later generations need no transaction (default 4)")
     parser.add_argument("--no-deposit", dest="allow_deposit", action="store_false",

@@ -29,6 +29,8 @@ from p2pllm.cli_common import (
     format_time,
     parse_cpus,
     parse_eth,
+    parse_non_negative_float,
+    parse_positive_int,
     print_json,
     print_table,
 )
@@ -46,26 +48,6 @@ def parse_layers(text: str) -> tuple[int, int]:
     if not 0 <= start < end:
         raise argparse.ArgumentTypeError(f"layer range must satisfy 0 <= start < end, got {text!r}")
     return start, end
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
 
 
 def _layers_or_auto(text: str) -> tuple[int, int] | str:
@@ -103,11 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="receipt ledger durability: normal survives a process crash; full also an OS crash "
                             "(an fsync per request)")
     serve.add_argument("--budget-tokens", type=int, default=8192, help="KV-cache budget in tokens")
-    serve.add_argument("--max-batch", type=_positive_int, default=32,
+    serve.add_argument("--max-batch", type=parse_positive_int, default=32,
                        help="most sessions' decode steps run as one batched forward (default 32; 1 = no batching)")
-    serve.add_argument("--batch-wait-ms", type=_non_negative_float, default=2.0,
+    serve.add_argument("--batch-wait-ms", type=parse_non_negative_float, default=2.0,
                        help="with several sessions open, wait up to this long to fill a batch (default 2)")
-    serve.add_argument("--prefill-chunk", type=_positive_int, default=128,
+    serve.add_argument("--prefill-chunk", type=parse_positive_int, default=128,
                        help="prompts are computed in chunks of this many tokens, between decode batches "
                             "(default 128)")
     serve.add_argument("--max-session-length", type=int, default=2048, help="longest session accepted")
@@ -117,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--claim-min", type=parse_eth, default=10**15, help="claim once this much ETH is held")
     serve.add_argument("--claim-max-age", type=float, default=300.0, help="or once a receipt is this old (s)")
     serve.add_argument("--claim-interval", type=float, default=5.0, help="how often to check (s)")
-    serve.add_argument("--threads", type=_positive_int,
+    serve.add_argument("--threads", type=parse_positive_int,
                        help="torch CPU threads of the compute worker (default: the CPUs allowed, less one)")
     serve.add_argument("--cpus", type=parse_cpus, metavar="LIST",
                        help="run only on these CPUs (e.g. 0 or 0-3,6); several nodes and a client on one small "
