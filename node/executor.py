@@ -301,6 +301,11 @@ class ShardExecutor:
             return [s.info() for s in self._sessions.values()]
 
     @property
+    def session_count(self) -> int:
+        with self._lock:
+            return len(self._sessions)
+
+    @property
     def in_use_tokens(self) -> int:
         with self._lock:
             return self._in_use

@@ -153,7 +153,7 @@ class Scheduler:
         """With the lock held: wait (bounded) for a fuller batch when several sessions are open."""
         if self.max_wait_s <= 0 or self._closing:
             return
-        wanted = min(self.max_batch, len(self.executor.sessions()))
+        wanted = min(self.max_batch, self.executor.session_count)
         if wanted <= 1:
             return
         deadline = time.monotonic() + self.max_wait_s

@@ -40,8 +40,9 @@ class GatedExecutor:
         self.batch_sizes.append(len(steps))
         return self.executor.forward_batch(steps)
 
-    def sessions(self) -> list:
-        return self.executor.sessions()
+    @property
+    def session_count(self) -> int:
+        return self.executor.session_count
 
 
 @pytest.fixture
