@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv/bin
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
-.PHONY: setup demo test test-python test-forge lint gas benchmarks figures clean
+.PHONY: setup demo test test-python test-forge lint gas artifacts benchmarks figures clean
 
 setup:
 	@bash scripts/setup.sh
@@ -22,6 +22,10 @@ test-forge: setup
 
 lint: setup
 	@$(VENV)/ruff check .
+
+# Rebuild the contract ABIs + bytecode the package ships (p2pllm/contracts/*.json) after editing contracts/src.
+artifacts: setup
+	@$(VENV)/python -m devkit.compile
 
 gas: setup
 	@$(VENV)/python benchmarks/gas.py

@@ -48,8 +48,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from client.inference import GenerationResult, InferenceClient
+from devkit.localnet import LocalNetwork, NodeSpec
 from p2pllm.cpus import allowed_cpus, format_cpu_list, parse_cpu_list, parse_cpu_option, pin_process
-from p2pllm.localnet import LocalNetwork, NodeSpec
 from p2pllm.models import resolve_model
 
 PROMPT = "Explain in a few sentences why the sky is blue."

@@ -17,8 +17,8 @@ import json
 import os
 import sys
 
+from devkit.devnet import Anvil
 from p2pllm.chain import Chain
-from p2pllm.devnet import Anvil
 from p2pllm.keys import dev_account
 from p2pllm.receipts import Receipt, sign_receipt
 

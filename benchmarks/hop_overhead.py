@@ -35,10 +35,10 @@ from pathlib import Path
 import torch
 
 from client.hops import HopSession, Payer
+from devkit.localnet import LocalNetwork, NodeSpec
 from node.executor import ShardExecutor
 from p2pllm.cli_common import format_eth
 from p2pllm.cpus import format_cpu_list, parse_cpu_option, pin_process
-from p2pllm.localnet import LocalNetwork, NodeSpec
 from p2pllm.shard import load_shard
 from p2pllm.wire import StepResult
 

@@ -33,8 +33,8 @@ from pathlib import Path
 from eth_account import Account
 
 from client.inference import GenerationResult, InferenceClient
+from devkit.localnet import LocalNetwork, NodeSpec
 from p2pllm.chain import Chain
-from p2pllm.localnet import LocalNetwork, NodeSpec
 from p2pllm.models import resolve_model
 
 BUDGET_TOKENS = 8192

@@ -61,10 +61,10 @@ import torch
 from wanlink import CLIENT, LinkSet, reserve_port
 
 from client.inference import GenerationResult, InferenceClient
+from devkit.localnet import LocalNetwork, NodeSpec
 from node.executor import ShardExecutor
 from p2pllm.cpus import allowed_cpus, format_cpu_list, parse_cpu_option, pin_process
 from p2pllm.head import Head
-from p2pllm.localnet import LocalNetwork, NodeSpec
 from p2pllm.models import ModelSource, resolve_model
 from p2pllm.shard import load_shard
 

@@ -20,7 +20,7 @@ from eth_utils import keccak, to_checksum_address
 from web3 import Web3
 from web3.exceptions import ContractCustomError, ContractLogicError, TimeExhausted, Web3Exception
 
-from p2pllm.compile import EVM_VERSION, Artifact, load_artifacts
+from p2pllm.artifacts import Artifact, load_artifacts
 from p2pllm.net import http_client
 from p2pllm.receipts import EscrowDomain, Receipt, address_word
 
@@ -64,7 +64,7 @@ class Deployment:
             data = json.loads(Path(path).read_text())
             return cls(**data)
         except FileNotFoundError as exc:
-            raise ChainError(f"no deployment file {path}: run `python scripts/deploy.py --network ...` first") from exc
+            raise ChainError(f"no deployment file {path}: deploy first (`p2pllm-deploy --network NAME`)") from exc
         except (OSError, ValueError, TypeError) as exc:
             raise ChainError(f"unreadable deployment file {path}: {exc}") from exc
 
@@ -185,7 +185,7 @@ class Chain:
                 if len(w3.eth.get_code(to_checksum_address(address))) == 0:
                     raise ChainError(
                         f"no contract code for {name} at {address} on chain {chain_id}: "
-                        "redeploy with `python scripts/deploy.py`"
+                        "redeploy with `p2pllm-deploy`"
                     )
         return cls(w3, account, deployment)
 
@@ -230,7 +230,7 @@ class Chain:
             escrow=escrow_tx["contractAddress"],
             deploy_block=int(registry_tx["blockNumber"]),
             compiler=self.artifacts["PaymentEscrow"].compiler,
-            evm_version=EVM_VERSION,
+            evm_version=self.artifacts["PaymentEscrow"].evm_version,
             thaw_period_s=thaw_period_s,
             max_receipt_validity_s=max_receipt_validity_s,
             offer_ttl_s=offer_ttl_s,

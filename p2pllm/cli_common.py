@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from p2pllm.chain import Chain, Deployment
-from p2pllm.compile import REPO_ROOT
 from p2pllm.cpus import CpuListError, parse_cpu_list
+from p2pllm.deployments import DeploymentNotFound, find_deployment
 from p2pllm.keys import KeySource, load_account
 
 WEI_PER_ETH = 10**18
@@ -41,7 +41,8 @@ def parse_cpus(text: str) -> frozenset[int]:
 def add_chain_options(parser: argparse.ArgumentParser, needs_key: bool = True) -> None:
     group = parser.add_argument_group("network")
     group.add_argument("--network", default=os.environ.get("P2PLLM_NETWORK", "anvil"),
-                       help="deployment name: reads deployments/<network>.json (default: anvil)")
+                       help="deployment name: reads <network>.json from ./deployments/, else the per-user "
+                            "data directory (default: anvil)")
     group.add_argument("--deployment", type=Path, help="explicit deployment file (overrides --network)")
     group.add_argument("--rpc-url", help="JSON-RPC endpoint (default: the deployment's rpc_url)")
     if needs_key:
@@ -53,7 +54,10 @@ def add_chain_options(parser: argparse.ArgumentParser, needs_key: bool = True) -
 
 
 def connect(args: argparse.Namespace, needs_key: bool = True) -> Chain:
-    path = args.deployment or (REPO_ROOT / "deployments" / f"{args.network}.json")
+    try:
+        path = find_deployment(args.network, args.deployment)
+    except (DeploymentNotFound, ValueError) as exc:
+        raise CliError(str(exc)) from exc
     deployment = Deployment.load(path)
     account = None
     if needs_key:

@@ -18,10 +18,10 @@ from pathlib import Path
 
 from client.frontier import alpha_optimal, pareto_frontier
 from client.inference import GenerationResult, InferenceClient, SamplingParams
+from devkit.devnet import AnvilError
+from devkit.localnet import LocalNetwork, NodeSpec, NodeStartError
 from p2pllm.chain import ChainError
 from p2pllm.cli_common import format_eth, print_table
-from p2pllm.devnet import AnvilError
-from p2pllm.localnet import LocalNetwork, NodeSpec, NodeStartError
 from p2pllm.models import DEFAULT_MODEL, resolve_model
 
 CLIENT_ACCOUNT = 5

@@ -3,7 +3,7 @@
     python scripts/figures.py --out figures/ [--seed 0] [--small]
 
 Writes fig1_network_dag.png … fig5_equilibrium_vs_cost.png and report.md into --out. The numbers come from
-`client.experiments` (pure, seeded); this script only draws them with matplotlib (Agg backend) and writes
+`research.experiments` (pure, seeded); this script only draws them with matplotlib (Agg backend) and writes
 the files. Stage times go to stderr, never into the report, so one seed gives the same report.md.
 """
 
@@ -28,7 +28,8 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, Rectangle
 
-from client.experiments import (
+from client.routing import Route
+from research.experiments import (
     FIGURE_FILES,
     ConvergenceTrace,
     ExperimentConfig,
@@ -39,7 +40,6 @@ from client.experiments import (
     render_report,
     run_experiments,
 )
-from client.routing import Route
 
 ROUTE_COLOUR = "tab:red"
 METHOD_NAMES = {"best_response/gauss_seidel": "best responses (Gauss–Seidel sweeps)",

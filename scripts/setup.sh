@@ -29,6 +29,10 @@ else
   step "python environment up to date (.venv)"
 fi
 
+# The checkout's dev-only packages (devkit, research) and scripts import from the repo root in this venv.
+site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+echo "$ROOT" > "$site/p2pllm-checkout.pth"
+
 # 2. npm toolchain ------------------------------------------------------------------------------
 npm_key=$(digest package.json package-lock.json)
 if [[ ! -f node_modules/.setup-ok || "$(cat node_modules/.setup-ok)" != "$npm_key" ]]; then

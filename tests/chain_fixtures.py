@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import pytest
 
+from devkit.devnet import Anvil
 from p2pllm.chain import Chain, Deployment
-from p2pllm.devnet import Anvil
 from p2pllm.keys import dev_account
 
 THAW_S = 2 * 86400

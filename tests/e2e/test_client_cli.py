@@ -24,8 +24,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from client.cli import main
+from devkit.devnet import Anvil
 from p2pllm.chain import Chain
-from p2pllm.devnet import Anvil
 from p2pllm.keys import dev_account
 from p2pllm.models import ModelSource
 from tests.chain_fixtures import OFFER_TTL_S, THAW_S, VALIDITY_S

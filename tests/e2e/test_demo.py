@@ -8,8 +8,8 @@ import socket
 import sys
 from types import ModuleType
 
-from p2pllm.compile import REPO_ROOT
-from p2pllm.localnet import LocalNetwork
+from devkit.compile import REPO_ROOT
+from devkit.localnet import LocalNetwork
 from p2pllm.models import ModelSource
 
 

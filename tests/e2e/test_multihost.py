@@ -18,7 +18,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from p2pllm.devnet import Anvil
+from devkit.devnet import Anvil
 from p2pllm.models import ModelSource
 from tests.e2e.namespaces import HostNetwork, NamespacesUnavailable
 from tests.node.helpers import NodeProcess, start_node

@@ -18,7 +18,7 @@ import torch
 import uvicorn
 from websockets.sync.client import ClientConnection, connect
 
-from p2pllm.localnet import parse_ready
+from devkit.localnet import parse_ready
 from p2pllm.receipts import EscrowDomain, Receipt, SessionOpenTerms, sign_receipt, sign_session_open
 from p2pllm.wire import (
     Message,

@@ -11,8 +11,8 @@ import pytest
 from eth_account import Account
 from web3 import Web3
 
+from devkit.devnet import Anvil
 from p2pllm.chain import Allocation, Chain, ChainError, Deployment, TxReverted
-from p2pllm.devnet import Anvil
 from p2pllm.keys import dev_account
 from p2pllm.receipts import RECEIPT_TYPEHASH, Receipt, receipt_digest, sign_receipt
 from tests.chain_fixtures import THAW_S, DevChain

@@ -13,9 +13,9 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 import p2pllm.shard as shard_module
+from devkit.reference import BrokenChain, generate, naive_generate, prefill
 from p2pllm.head import NoTokenizer, load_head
 from p2pllm.models import ModelSource, describe_folder
-from p2pllm.reference import BrokenChain, generate, naive_generate, prefill
 from p2pllm.shard import (
     DeviceUnavailable,
     MissingWeights,

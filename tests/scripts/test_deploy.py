@@ -8,9 +8,9 @@ import sys
 
 from eth_account import Account
 
+from devkit.compile import REPO_ROOT
+from devkit.devnet import Anvil
 from p2pllm.chain import Chain, Deployment
-from p2pllm.compile import REPO_ROOT
-from p2pllm.devnet import Anvil
 
 DEPLOY = [sys.executable, str(REPO_ROOT / "scripts" / "deploy.py")]
 

@@ -12,7 +12,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from client.experiments import FIGURE_FILES
+from research.experiments import FIGURE_FILES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

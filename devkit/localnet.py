@@ -15,9 +15,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from devkit.devnet import Anvil
 from p2pllm.chain import Chain, Deployment
 from p2pllm.cpus import format_cpu_list
-from p2pllm.devnet import Anvil
 from p2pllm.keys import dev_account
 
 Log = Callable[[str], None]

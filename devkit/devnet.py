@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Sequence
 
-from p2pllm.compile import REPO_ROOT
+from devkit.compile import REPO_ROOT
 
 ANVIL = REPO_ROOT / ".tools" / "bin" / "anvil"
 _LISTENING = re.compile(r"Listening on ([0-9.]+):(\d+)")

@@ -1,4 +1,4 @@
-"""The figure data and tables of client.experiments: conversions and route counts with literals, the
+"""The figure data and tables of research.experiments: conversions and route counts with literals, the
 figures' claims as properties (cheaper nodes price higher, α = 1 cheapest, α = 0 fastest, residuals reach
 tolerance), and reproducibility (same seed, same data and report)."""
 
@@ -10,7 +10,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from client.experiments import (
+from client.frontier import alpha_optimal
+from client.routing import RouteOffer, build_route
+from p2pllm.equilibrium import gradient_equilibrium, simulate_network
+from p2pllm.pricing import Market, MarketOffer, PricingRules
+from research.experiments import (
     FIGURE_FILES,
     ExperimentConfig,
     Experiments,
@@ -25,10 +29,6 @@ from client.experiments import (
     run_experiments,
     to_route_offers,
 )
-from client.frontier import alpha_optimal
-from client.routing import RouteOffer, build_route
-from p2pllm.equilibrium import gradient_equilibrium, simulate_network
-from p2pllm.pricing import Market, MarketOffer, PricingRules
 
 
 def tiny(seed: int = 0) -> ExperimentConfig:

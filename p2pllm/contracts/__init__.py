@@ -1,0 +1,1 @@
+"""Package data: the compiled contracts as JSON (see `p2pllm.artifacts`)."""
