@@ -1,7 +1,8 @@
 """The README's first command (`make demo`): a real P2P-LLM network on this machine, answering a chat prompt
-for pay. Starts anvil, deploys the contracts, starts four `p2pnode` processes over SmolLM2-135M (0–10,
-10–20, 20–30 and a competitor for 10–20 at another price), funds a client, shows the market and the Pareto
-frontier, streams the answer, lets the nodes claim, and prints the settlement read back from the chain.
+for pay. Starts anvil, deploys the contracts, starts four `p2pnode` processes over SmolLM2-135M (A 0–10,
+B 10–20, C 20–30, and AB 0–20 at a higher price than A and B together), funds a client, shows the market and
+the Pareto frontier (AB → C: one hop fewer, faster and dearer; A → B → C: cheaper and slower), streams the
+answer through the route α picks, lets the nodes claim, and prints the settlement read back from the chain.
 Every process it starts is stopped on exit, Ctrl-C or failure.
 
     python scripts/demo.py [--prompt TEXT] [--max-new-tokens N] [--alpha A] [--model NAME]
@@ -16,8 +17,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from client.frontier import alpha_optimal, pareto_frontier
+from client.frontier import alpha_optimal, convex_hull_points, hull_alpha_ranges, pareto_frontier
 from client.inference import GenerationResult, InferenceClient, SamplingParams
+from client.routing import Route
 from devkit.devnet import AnvilError
 from devkit.localnet import LocalNetwork, NodeSpec, NodeStartError
 from p2pllm.chain import ChainError
@@ -30,12 +32,12 @@ DEFAULT_PROMPT = "What is a peer-to-peer network? Answer in two sentences."
 
 
 def default_specs(num_layers: int) -> list[NodeSpec]:
-    """Three nodes tiling the model in thirds, plus a competitor for the middle third that is cheaper but
-    slower (one CPU thread instead of two), so the price/latency frontier has a real choice on it."""
+    """Three nodes tiling the model in thirds, plus AB serving the first two thirds for more than A and B charge
+    together. A route through AB makes one hop fewer (one round trip less per token, measured), so the
+    frontier holds a real choice: AB → C is faster and dearer, A → B → C cheaper and slower."""
     a, b = num_layers // 3, 2 * num_layers // 3
     return [NodeSpec("A", 0, a, "0.000002", 1), NodeSpec("B", a, b, "0.000003", 2),
-            NodeSpec("C", b, num_layers, "0.000002", 3),
-            NodeSpec("B2", a, b, "0.0000015", 4, extra_args=("--threads", "1"))]
+            NodeSpec("C", b, num_layers, "0.000002", 3), NodeSpec("AB", 0, b, "0.0000052", 4)]
 
 
 @dataclass
@@ -46,6 +48,8 @@ class DemoOutcome:
     expected_wei: dict[str, int] = field(default_factory=dict)
     client_escrow_wei: int = 0
     node_exit_codes: dict[str, int] = field(default_factory=dict)
+    frontier: list[Route] = field(default_factory=list)
+    chosen: Route | None = None
 
 
 def say(message: str) -> None:
@@ -59,7 +63,8 @@ def run_demo(model: str, prompt: str, max_new_tokens: int, alpha: float, workdir
     source = resolve_model(model)
     specs = specs or default_specs(source.num_layers)
     say(f"{source.name}: {source.num_layers} layers, hidden {source.hidden_size}; starting the network ...")
-    with LocalNetwork(workdir, str(source.path), specs, log=say, node_threads=node_threads) as net:
+    with LocalNetwork(workdir, str(source.path), specs, log=say, node_threads=node_threads,
+                      one_at_a_time=True) as net:
         say(f"{len(net.nodes)} nodes serving after {time.perf_counter() - started:.1f} s")
         chain = net.chain(CLIENT_ACCOUNT)
         tx = chain.deposit(DEPOSIT_WEI)
@@ -76,9 +81,12 @@ def run_demo(model: str, prompt: str, max_new_tokens: int, alpha: float, workdir
                           f"{c.rtt_ms:.2f}", f"{c.compute_ms_per_layer:.2f}") for c in market.candidates])
             frontier = pareto_frontier(market.route_offers(), market.num_layers)
             chosen = alpha_optimal(frontier, alpha)
-            print(f"\nPareto frontier of routes (α = {alpha} picks the marked one):")
-            print_table(["", "price/token", "latency ms/token", "route"],
+            hull = convex_hull_points(frontier)
+            alpha_range = dict(zip(hull, hull_alpha_ranges(hull), strict=True))
+            print(f"\nPareto frontier of routes (α = {alpha} picks the marked one; an α in a route's range picks it):")
+            print_table(["", "price/token", "latency ms/token", "α range", "route"],
                         [("→" if r == chosen else "", format_eth(r.price_wei_per_token), f"{r.latency_ms:.1f}",
+                          f"{alpha_range[r][0]:.2f}–{alpha_range[r][1]:.2f}" if r in alpha_range else "-",
                           " → ".join(f"{names.get(h.node.lower(), h.node[:8])}[{h.start},{h.end})" for h in r.hops))
                          for r in frontier])
             print(f"\nprompt: {prompt}\nanswer: ", end="", flush=True)
@@ -102,7 +110,7 @@ def run_demo(model: str, prompt: str, max_new_tokens: int, alpha: float, workdir
               f"signing took {100 * result.signing_s / max(result.total_s, 1e-9):.1f}% of the time\n")
 
         say("stopping the nodes: each claims its receipts on-chain on the way out ...")
-        outcome = DemoOutcome(result.text, result, node_exit_codes=net.stop_nodes())
+        outcome = DemoOutcome(result.text, result, node_exit_codes=net.stop_nodes(), frontier=frontier, chosen=chosen)
         for hop in result.hops:
             name = names.get(hop.node.lower(), hop.node)
             outcome.paid_wei[name] = outcome.paid_wei.get(name, 0) + chain.paid_for(chain.address, hop.node,
