@@ -125,20 +125,20 @@ def _signing_key(private_key: bytes) -> coincurve.PrivateKey:
 
 def sign_receipt(receipt: Receipt, domain: EscrowDomain, private_key: bytes) -> bytes:
     """65-byte r||s||v signature (v in {27, 28}, low s, RFC 6979 nonce) as the escrow expects."""
-    return _sign_digest(receipt_digest(receipt, domain), private_key)
+    return sign_digest(receipt_digest(receipt, domain), private_key)
 
 
 def recover_signer_bytes(receipt: Receipt, domain: EscrowDomain, signature: bytes) -> bytes:
     """The 20-byte address that signed; raises ReceiptSignatureError for what the escrow rejects."""
-    return _recover_digest(receipt_digest(receipt, domain), signature)
+    return recover_digest(receipt_digest(receipt, domain), signature)
 
 
-def _sign_digest(digest: bytes, private_key: bytes) -> bytes:
+def sign_digest(digest: bytes, private_key: bytes) -> bytes:
     rs_recid = _signing_key(private_key).sign_recoverable(digest, hasher=None)
     return rs_recid[:64] + bytes([rs_recid[64] + 27])
 
 
-def _recover_digest(digest: bytes, signature: bytes) -> bytes:
+def recover_digest(digest: bytes, signature: bytes) -> bytes:
     if len(signature) != SIGNATURE_BYTES:
         raise ReceiptSignatureError(f"signature must be {SIGNATURE_BYTES} bytes, got {len(signature)}")
     r = int.from_bytes(signature[:32], "big")
@@ -188,12 +188,12 @@ class SessionOpenTerms:
 
 
 def sign_session_open(terms: SessionOpenTerms, domain: EscrowDomain, private_key: bytes) -> bytes:
-    return _sign_digest(terms.digest(domain), private_key)
+    return sign_digest(terms.digest(domain), private_key)
 
 
 def recover_session_signer(terms: SessionOpenTerms, domain: EscrowDomain, signature: bytes) -> bytes:
     """The 20-byte address that signed a session open; raises ReceiptSignatureError for a bad signature."""
-    return _recover_digest(terms.digest(domain), signature)
+    return recover_digest(terms.digest(domain), signature)
 
 
 def recover_signer(receipt: Receipt, domain: EscrowDomain, signature: bytes) -> str:
