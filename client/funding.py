@@ -11,6 +11,7 @@ taken from the pool first and, for the rest, deposited from the wallet in the sa
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -111,9 +112,15 @@ class Funder:
         self.horizon_s = horizon_s
         self.ahead = ahead
         self.clock = clock
+        self._lock = threading.Lock()
 
     def ensure(self, needs: Sequence[Need]) -> Reservation | None:
-        """Reserve whatever `needs` lack, in one transaction; None if nothing was missing."""
+        """Reserve whatever `needs` lack, in one transaction; None if nothing was missing. Calls from several
+        threads (concurrent sessions, spot checks) run one at a time: each reads what the previous reserved."""
+        with self._lock:
+            return self._ensure(needs)
+
+    def _ensure(self, needs: Sequence[Need]) -> Reservation | None:
         until = int(self.clock()) + self.horizon_s
         client = self.chain.address
         nodes = {need.node.lower(): need.node for need in needs}

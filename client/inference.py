@@ -6,6 +6,9 @@ live in `client.session`, whose streams run on an event loop this object owns an
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
+import threading
 import time
 from collections.abc import Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -18,15 +21,20 @@ from client.frontier import frontier_units, pareto_frontier
 from client.funding import Funder, Need, Reservation
 from client.hops import HopSession, Payer, StreamOptions
 from client.market import Market, discover
+from client.reputation import ReputationStore
 from client.routing import Route, find_route, route_key
 from client.session import FailoverEvent, LinkEndpoint, RouteSession, RouteTooExpensive
-from p2pllm.chain import Chain
+from client.spotcheck import EquivocationProof, VerificationStats, Verifier
+from client.verify import DEFAULT_VERIFY_RATE, SpotCheckPolicy
+from p2pllm.chain import Chain, ChainError
+from p2pllm.commitments import RegistryDomain
 from p2pllm.head import Head, load_head
 from p2pllm.model_id import model_id
 from p2pllm.models import resolve_model
 from p2pllm.tls import client_ssl_context
 
 T = TypeVar("T")
+log = logging.getLogger("p2pclient.inference")
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,7 @@ class HopCost:
     signed_wei: int
     failed: bool
     session_id: bytes
+    check: bool = False  # a spot check's shadow session, not a hop of the route
 
 
 @dataclass
@@ -70,6 +79,10 @@ class GenerationResult:
     ttft_s: float = 0.0
     total_s: float = 0.0
     signing_s: float = 0.0
+    verification: VerificationStats | None = None
+    equivocations: list[EquivocationProof] = field(default_factory=list)
+    slash_reports: list[str] = field(default_factory=list)  # tx hashes of on-chain equivocation reports
+    checks_drain_s: float = 0.0  # waiting for spot checks still running when the generation ended
 
     @property
     def total_cost_wei(self) -> int:
@@ -112,12 +125,19 @@ class InferenceClient:
     """A funded client of one P2P-LLM deployment for one model. Before a generation uses its route it makes sure
     every hop's node has reserved what it may be owed; when one falls short it reserves `reserve_ahead` sessions'
     worth for it (one transaction for the route, see `client.funding`), from the escrow pool and, with
-    `allow_deposit`, from the wallet for what the pool lacks."""
+    `allow_deposit`, from the wallet for what the pool lacks.
+
+    Every step result's signed commitment is checked; at `verify_rate` a hop is also spot-checked on a second
+    node (or, with `verify_local`, on the client's own copy of its layers) beside the generation. Verdicts go to
+    `reputation` (a store in the per-user data directory by default), whose nodes routing excludes; an
+    equivocating node is reported on-chain (`report_equivocation`), which slashes its bond."""
 
     def __init__(self, chain: Chain, model: str, dtype: str = "float32", receipt_validity_s: int = 3600,
                  threads: int | None = None, allow_deposit: bool = True, transport: str = "relay",
                  ca_file: Path | None = None, link_endpoint: LinkEndpoint | None = None,
-                 step_timeout_s: float = 15.0, reserve_ahead: int = 4) -> None:
+                 step_timeout_s: float = 15.0, reserve_ahead: int = 4, verify_rate: float = DEFAULT_VERIFY_RATE,
+                 verify_local: bool = False, verify_seed: int | None = None,
+                 reputation: ReputationStore | None = None, report_equivocation: bool = True) -> None:
         if chain.account is None:
             raise ValueError("InferenceClient needs a funded key: connect the Chain with an account")
         if threads:
@@ -137,7 +157,14 @@ class InferenceClient:
         self.options = StreamOptions(ssl_context=client_ssl_context(ca_file))
         self.link_endpoint = link_endpoint
         self.step_timeout_s = step_timeout_s
-        self.banned: dict[str, float] = {}
+        self.policy = SpotCheckPolicy(verify_rate, verify_seed)  # one draw sequence across generations
+        self.verify_local = verify_local
+        self.reputation = reputation if reputation is not None else ReputationStore()
+        self.report_equivocation = report_equivocation
+        self.registry_domain = RegistryDomain(chain.chain_id, chain.registry_address())
+        self._local_shards: dict[tuple[int, int], Any] = {}
+        self._local_lock = threading.Lock()
+        self.banned: dict[str, float] = dict.fromkeys(self.reputation.excluded(), float("inf"))
         self._market: Market | None = None
         self._loop = asyncio.new_event_loop()
 
@@ -204,10 +231,12 @@ class InferenceClient:
             if reservation is not None:
                 result.reservations.append(reservation)
 
+        verifier = self._verifier()
         session = RouteSession(self.market(), route, self.payer, len(ids) + max_new_tokens, alpha, self.head.dtype,
                                self.head.hidden_size, max_price_wei_per_token, transport=self.transport,
                                options=self.options, banned=self.banned, fund=fund,
-                               step_timeout_s=self.step_timeout_s, link_endpoint=self.link_endpoint)
+                               step_timeout_s=self.step_timeout_s, link_endpoint=self.link_endpoint,
+                               verifier=verifier)
         started = time.perf_counter()
         try:
             self._run(session.open())
@@ -227,12 +256,50 @@ class InferenceClient:
                     hidden = self._run(session.step(self.head.embed(torch.tensor([[token]]))))
         finally:
             result.total_s = time.perf_counter() - started
+            drain_started = time.perf_counter()
+            self._run(verifier.drain(self.step_timeout_s * 4))
+            result.checks_drain_s = time.perf_counter() - drain_started
             self._run(session.close())
+            result.verification = verifier.stats
+            result.equivocations = list(verifier.proofs)
+            result.slash_reports = self._report(verifier.proofs)
             result.text = self._decode(result.token_ids)
             result.route = session.route
             result.failovers = list(session.events)
-            result.hops = [self._hop_cost(h, session) for h in session.hops]
+            result.hops = [self._hop_cost(h, session) for h in session.hops] + [
+                dataclasses.replace(self._hop_cost(h, session), failed=False, check=True) for h in verifier.shadows]
             result.signing_s = sum(h.signing_s for h in session.hops)
+
+    # ------------------------------------------------------------------ verification
+    def _verifier(self) -> Verifier:
+        return Verifier(self.registry_domain, self.model_id, self.dtype, self.policy,
+                        self.reputation, self._local_forward if self.verify_local else None,
+                        step_timeout_s=self.step_timeout_s * 4)
+
+    def _local_forward(self, start: int, end: int, inputs: torch.Tensor) -> torch.Tensor:
+        """Layers [start, end) of the client's own copy of the model over `inputs` (for --verify-local)."""
+        from p2pllm.shard import load_shard
+
+        with self._local_lock:
+            shard = self._local_shards.get((start, end))
+            if shard is None:
+                shard = load_shard(self.source, start, end, "cpu", self.dtype)
+                self._local_shards[(start, end)] = shard
+            with torch.inference_mode():
+                return shard(inputs.to(shard.dtype), torch.arange(int(inputs.shape[1])), shard.new_cache())
+
+    def _report(self, proofs: Sequence[EquivocationProof]) -> list[str]:
+        """Report each equivocating node on-chain (its bond is slashed, part of it paid to this client)."""
+        reports = []
+        for proof in proofs if self.report_equivocation else ():
+            try:
+                tx = self.chain.slash(proof.first.commitment, proof.first.signature, proof.second.commitment,
+                                      proof.second.signature)
+            except ChainError as exc:
+                log.warning("could not report %s's equivocation on-chain: %s", proof.node, exc)
+                continue
+            reports.append(str(getattr(tx, "tx_hash", tx)))
+        return reports
 
     def _decode(self, token_ids: Sequence[int]) -> str:
         """Text of the tokens; empty for a model folder without a tokenizer (token ids still stream)."""

@@ -34,14 +34,16 @@ from client.funding import Need
 from client.hops import HopFailed, HopRejected, HopSession, HopTimeout, Payer, StreamOptions
 from client.market import Market
 from client.routing import Hop, Route, RouteOffer, find_route
-from p2pllm.wire import NextHop, StepError, StepResult
+from client.spotcheck import Verifier
+from client.verify import equivocates
+from p2pllm.wire import NextHop, SignedCommitment, StepError, StepResult
 
 log = logging.getLogger("p2pclient.session")
 
 TRANSPORTS = ("relay", "star")
 # A relayed step refused for these reasons carried a receipt other than the one the client signed: the node
 # that relayed it tampered with it or dropped it.
-TAMPER_CODES = frozenset({"missing_receipt", "bad_receipt", "bad_signature", "malformed_receipt"})
+TAMPER_CODES = frozenset({"missing_receipt", "bad_receipt", "bad_signature", "malformed_receipt", "bad_upstream"})
 AMOUNT_CODES = frozenset({"underpaid", "receipt_decreased"})
 # Refusals that rerouting will not fix: the client's funds or a bug on the client's side.
 REJECT_CODES = frozenset({"insufficient_escrow", "underpaid", "receipt_decreased", "bad_deadline", "bad_signature",
@@ -74,7 +76,10 @@ class FailoverEvent:
 class _Slot:
     hop: HopSession
     inputs: list[torch.Tensor] = field(default_factory=list)
+    outputs: list[torch.Tensor] = field(default_factory=list)
     fed_by_client: bool = False
+    commitment: SignedCommitment | None = None  # the hop's newest verified commitment
+    sent_at: int | None = None  # the position of the last step the client sent it itself (not relayed)
 
     def history(self, upto: int) -> torch.Tensor | None:
         """Its inputs for positions [0, upto)."""
@@ -84,12 +89,13 @@ class _Slot:
 
 
 class _Tampered(Exception):
-    """The hop at `index` saw a receipt other than the one the client signed: the hop before it is to blame."""
+    """The hop at `index` saw a receipt other than the one the client signed, or hidden states without its
+    predecessor's matching commitment: the hop before it is to blame (`reason`)."""
 
-    def __init__(self, index: int, error: StepError) -> None:
-        super().__init__(str(error))
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(reason)
         self.index = index
-        self.error = error
+        self.reason = reason
 
 
 def route_span(market: Market, start: int, end: int, alpha: float, banned: set[str]) -> Route:
@@ -138,6 +144,7 @@ class RouteSession:
     clock: Callable[[], float] = time.monotonic
     events: list[FailoverEvent] = field(default_factory=list)
     failures: int = 0
+    verifier: Verifier | None = None
     slots: list[_Slot] = field(default_factory=list)
     retired: list[HopSession] = field(default_factory=list)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)  # set by every hop's reader
@@ -182,17 +189,17 @@ class RouteSession:
     async def step(self, hidden: torch.Tensor) -> torch.Tensor:
         """Hidden states through every hop (rerouting around failures); the last hop's output."""
         position = self.slots[0].hop.tokens
+        await self._drop_condemned(position)
         tokens = int(hidden.shape[1])
         inputs: dict[int, torch.Tensor] = {0: hidden}
         await self._inject(0, position, hidden)
         index = 0
         while index < len(self.slots):
             try:
-                output = await self._result(index, position, tokens)
+                output = await self._result(index, position, tokens, inputs[index])
             except _Tampered as tampered:
                 blamed = tampered.index - 1
-                failure = HopFailed(self.slots[blamed].hop.node, self.slots[blamed].hop.endpoint,
-                                    f"tampered with the next hop's receipt ({tampered.error.code})")
+                failure = HopFailed(self.slots[blamed].hop.node, self.slots[blamed].hop.endpoint, tampered.reason)
                 await self._replace(blamed, failure, position)
                 index = blamed
                 await self._inject(index, position, inputs[index])
@@ -206,11 +213,67 @@ class RouteSession:
                 continue
             slot = self.slots[index]
             slot.inputs.append(inputs[index])
+            slot.outputs.append(output)
             index += 1
             inputs[index] = output
             if index < len(self.slots) and self.slots[index].fed_by_client:
                 await self._inject(index, position, output)
+        self._spot_check(position + tokens)
         return inputs[len(self.slots)]
+
+    # ------------------------------------------------------------------------------------------ verification
+
+    def _spot_check(self, length: int) -> None:
+        """Start the spot checks the verifier draws for this step (they run beside the next steps)."""
+        verifier = self.verifier
+        if verifier is None:
+            return
+        for slot in self.slots:
+            if verifier.wants_check(slot.hop):
+                outputs = torch.cat(slot.outputs, dim=1)[:, :length]
+                inputs = slot.history(length)
+                if inputs is not None and int(outputs.shape[1]) == length:
+                    verifier.start_check(self.market, self.payer, self.options, self._open_and_fund, slot.hop,
+                                         inputs, outputs, self._banned_now())
+
+    async def _drop_condemned(self, position: int) -> None:
+        """A node a spot check found wrong leaves the route now: it is banned for good, and the route from its
+        hop to the end is replaced and replayed (so no later hop keeps states computed from its outputs)."""
+        verifier = self.verifier
+        if verifier is None or not verifier.condemned:
+            return
+        condemned = {c.node.lower(): c for c in verifier.condemned}
+        verifier.condemned.clear()
+        for node in condemned:
+            self.banned[node] = float("inf")
+        for index, slot in enumerate(self.slots):
+            if slot.hop.node.lower() in condemned:
+                failure = HopFailed(slot.hop.node, slot.hop.endpoint,
+                                    f"failed a spot check ({condemned[slot.hop.node.lower()].reason})")
+                await self._replace(index, failure, position, through_end=True)
+                return
+
+    def _verify(self, index: int, position: int, tokens: int, hidden_in: torch.Tensor, result: StepResult) -> None:
+        """Check hop `index`'s commitment for the step (and, for a relayed step, its predecessor's commitment
+        that came with it). Raises `_Tampered` to blame the predecessor, `HopFailed` to blame the hop."""
+        verifier = self.verifier
+        if verifier is None:
+            return
+        slot = self.slots[index]
+        if index > 0 and not slot.fed_by_client and slot.sent_at != position:
+            previous = self.slots[index - 1]
+            upstream = result.upstream
+            if previous.commitment is not None and upstream is not None and equivocates(
+                    previous.commitment, upstream, previous.hop.node, verifier.domain):
+                verifier.on_equivocation(previous.hop.node, previous.commitment, upstream)
+                raise _Tampered(index, "equivocated: relayed other hidden states than its signed copy")
+            if upstream is None or previous.commitment is None or upstream != previous.commitment:
+                raise _Tampered(index, "relayed hidden states without its matching signed commitment")
+        problem = verifier.commitment_problem(slot.hop, position, tokens, hidden_in, result)
+        if problem is not None:
+            verifier.convict(slot.hop.node, "bad_commitment", problem)
+            raise HopFailed(slot.hop.node, slot.hop.endpoint, f"bad commitment: {problem}")
+        slot.commitment = result.commitment
 
     def _link(self, sender: HopSession, receiver: HopSession) -> str:
         """The endpoint `sender` is told to push to for `receiver` (through `link_endpoint` when set)."""
@@ -221,6 +284,7 @@ class RouteSession:
     async def _inject(self, index: int, position: int, hidden: torch.Tensor) -> None:
         """Send the step at `position` to hop `index`, relayed on through the hops fed by their predecessor."""
         slot = self.slots[index]
+        slot.sent_at = position
         tokens = int(hidden.shape[1])
         relay: list[NextHop] = []
         previous = slot.hop
@@ -233,7 +297,7 @@ class RouteSession:
         with contextlib.suppress(HopFailed):  # noticed when its result does not come
             await slot.hop.send(slot.hop.step(position, hidden, tuple(relay)))
 
-    async def _result(self, index: int, position: int, tokens: int) -> torch.Tensor:
+    async def _result(self, index: int, position: int, tokens: int, hidden_in: torch.Tensor) -> torch.Tensor:
         """Hop `index`'s output at `position`. Stale frames are skipped; errors are classified. While it waits, a
         hop fed by the one before it also hears whether that one could not relay to it."""
         slot = self.slots[index]
@@ -264,6 +328,7 @@ class RouteSession:
             if isinstance(message, StepResult):
                 if message.position == position and message.session_id == hop.session_id:
                     hop.served(message, tokens)
+                    self._verify(index, position, tokens, hidden_in, message)
                     return message.hidden
                 continue  # a late copy of an earlier step
             if isinstance(message, StepError):
@@ -303,19 +368,22 @@ class RouteSession:
         if error.relayed and (error.code in TAMPER_CODES or (
                 error.code in AMOUNT_CODES and str(error.detail.get("amount_wei"))
                 != str(hop.claim_for(position + tokens).amount_wei))):
-            raise _Tampered(index, error)
+            raise _Tampered(index, f"tampered with the next hop's step ({error.code})")
         if error.code in REJECT_CODES:
             raise HopRejected(hop.node, error.code, error.detail)
         raise HopFailed(hop.node, hop.endpoint, f"{error.code}: {error.detail}")
 
     # ------------------------------------------------------------------------------------------ failover
 
-    async def _replace(self, index: int, failure: HopFailed, position: int) -> None:
-        """Swap the hop at `index` for a fresh route over its span, replaying its inputs before `position`."""
+    async def _replace(self, index: int, failure: HopFailed, position: int, through_end: bool = False) -> None:
+        """Swap the hop at `index` (with `through_end`, it and every hop after it) for a fresh route over its
+        span, replaying its inputs before `position`."""
         failed = self.slots[index]
-        span = (failed.hop.start, failed.hop.end)
+        last = len(self.slots) - 1 if through_end else index
+        span = (failed.hop.start, self.slots[last].hop.end)
         history = failed.history(position)
-        await failed.hop.close()
+        for slot in self.slots[index:last + 1]:
+            await slot.hop.close()
         while True:
             self._note_failure(failure, span)
             replacement = route_span(self.market, span[0], span[1], self.alpha, self._banned_now())
@@ -330,8 +398,9 @@ class RouteSession:
                     if replay is None:
                         break
                     await slot.hop.send(slot.hop.step(0, replay))
-                    result = await self._replayed(slot, int(replay.shape[1]))
+                    result = await self._replayed(slot, replay)
                     slot.inputs.append(replay)
+                    slot.outputs.append(result)
                     replay = result
             except HopFailed as again:
                 await self._close(hops)
@@ -339,18 +408,25 @@ class RouteSession:
                 failure = again
                 continue
             break
-        self.retired.append(failed.hop)
-        self.slots[index:index + 1] = new_slots
+        self.retired.extend(slot.hop for slot in self.slots[index:last + 1])
+        self.slots[index:last + 1] = new_slots
         self.route = new_route
         self.events.append(FailoverEvent(failed.hop.node, span, failure.reason, replacement.hops,
                                          0 if history is None else int(history.shape[1])))
 
-    async def _replayed(self, slot: _Slot, tokens: int) -> torch.Tensor:
+    async def _replayed(self, slot: _Slot, replay: torch.Tensor) -> torch.Tensor:
+        tokens = int(replay.shape[1])
         timeout = self.step_timeout_s + tokens * self.step_timeout_per_token_s
         while True:
             message = await slot.hop.recv(timeout)
             if isinstance(message, StepResult) and message.position == 0:
                 slot.hop.served(message, tokens)
+                if self.verifier is not None:
+                    problem = self.verifier.commitment_problem(slot.hop, 0, tokens, replay, message)
+                    if problem is not None:
+                        self.verifier.convict(slot.hop.node, "bad_commitment", problem)
+                        raise HopFailed(slot.hop.node, slot.hop.endpoint, f"bad commitment: {problem}")
+                    slot.commitment = message.commitment
                 return message.hidden
             if isinstance(message, StepError):
                 if message.code in REJECT_CODES:

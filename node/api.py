@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from node.commit import Committer
 from node.executor import (
     CacheBudgetExceeded,
     DtypeMismatch,
@@ -53,6 +54,7 @@ class AppState:
     info: NodeInfo
     metrics: Metrics
     scheduler: Scheduler
+    committer: Committer | None = None  # signs every step's output commitment (None: results carry none)
     max_session_length: int = 4096
     min_session_reserve_wei: int | None = None  # None: one token at the current price
     max_frame_bytes: int = 16 * 1024 * 1024

@@ -23,6 +23,7 @@ import uvicorn
 from node.api import AppState
 from node.app import create_app
 from node.claimer import Claimer, ClaimPolicy
+from node.commit import Committer
 from node.executor import ShardExecutor
 from node.exposure import Exposure
 from node.ledger import Ledger
@@ -32,6 +33,7 @@ from node.relay import RelaySettings
 from node.scheduler import Scheduler
 from node.session import SessionTable
 from p2pllm.chain import Chain, Offer
+from p2pllm.commitments import RegistryDomain
 from p2pllm.cpus import format_cpu_list, pin_process
 from p2pllm.model_id import model_id
 from p2pllm.models import resolve_model
@@ -226,6 +228,9 @@ def serve(settings: ServeSettings, chain: Chain) -> int:
         capacity_tokens=settings.budget_tokens, free_tokens=settings.budget_tokens)
     state = AppState(executor=executor, sessions=sessions, ledger=ledger, terms=terms, escrow=escrow_view,
                      exposure=exposure, info=info, metrics=metrics, scheduler=scheduler,
+                     committer=Committer(bytes(chain.account.key), RegistryDomain(chain.chain_id,
+                                                                                   chain.registry_address()),
+                                         model_hash),
                      max_session_length=settings.max_session_length,
                      min_session_reserve_wei=settings.min_session_reserve_wei, max_frame_bytes=max_frame_bytes)
     relay = RelaySettings(ssl_context=client_ssl_context(settings.ca_file), max_frame_bytes=max_frame_bytes)

@@ -32,6 +32,8 @@ from node.relay import Relay, RelaySettings, RelayUnreachable
 from node.scheduler import SchedulerClosed
 from node.session import NodeSession
 from node.steps import NeedsChain, admit, record, refund, settle
+from p2pllm import codec
+from p2pllm.commitments import tensor_hash
 from p2pllm.receipts import Receipt, ReceiptSignatureError, SessionOpenTerms, recover_session_signer
 from p2pllm.wire import (
     Message,
@@ -207,6 +209,17 @@ class StreamConnection:
             return
         started = time.perf_counter()
         tokens = int(step.hidden.shape[1])
+        input_encoded = codec.encode(step.hidden) if state.committer is not None else b""
+        if relayed and state.committer is not None:
+            upstream = step.upstream
+            named = None if upstream is None else upstream.commitment
+            if named is None or (named.position, named.tokens) != (step.position, tokens) \
+                    or named.output_hash != tensor_hash(input_encoded):
+                # The client must be able to hold the relaying node to what it pushed here.
+                await self._error(StepFailure("bad_upstream", {"reason": "relayed hidden states need the relaying "
+                                                               "node's commitment to exactly them"}),
+                                  step.session_id, step.position, relayed, to=session)
+                return
         try:
             try:
                 admission = admit(state, session, step.position, tokens, step.receipt, blocking=False)
@@ -235,12 +248,17 @@ class StreamConnection:
         # The client's copy leaves before the push: on a host shared with the next node, the client then handles
         # it before the next node starts computing instead of preempting that compute (measured: 7 ms a token on
         # one core over three hops). A client gone mid-step: its session closes with its stream.
-        result = StepResult(step.session_id, step.position, not step.relay, 1000 * compute_s, out)
+        commitment = None
+        if state.committer is not None:
+            commitment = state.committer.sign(step.session_id, step.position, tokens, input_encoded,
+                                              codec.encode(out), session.span)
+        result = StepResult(step.session_id, step.position, not step.relay, 1000 * compute_s, out, commitment,
+                            step.upstream)
         with contextlib.suppress(Exception):
             await session.send_to_client(encode(result))
         if step.relay:
             following = step.relay[0]
-            onward = Step(following.session_id, step.position, following.receipt, out, step.relay[1:])
+            onward = Step(following.session_id, step.position, following.receipt, out, step.relay[1:], commitment)
             try:
                 assert session.relay is not None
                 await session.relay.push(following.endpoint, following.session_id, encode(onward))

@@ -12,6 +12,11 @@ frames::
     8       m     meta: UTF-8 JSON object of the message's fields
     8+m     ...   payload: a hidden-state tensor in the `p2pllm.codec` format (steps and results), else empty
 
+Every `StepResult` carries the node's `SignedCommitment` (input hash → output hash, see `p2pllm.commitments`);
+a relayed `Step` carries the relaying node's commitment for the hidden states it pushes, and the next node
+returns it to the client in its result (`upstream`), so the client holds the relaying node's signature on what
+the next node actually received.
+
 Plain HTTP answers `GET /info` with `NodeInfo` as JSON. Receipts travel as `ReceiptClaim`: the fields a client
 signs that the receiving node does not already know (it knows the client, itself and the session).
 
@@ -30,9 +35,10 @@ from typing import Any, ClassVar
 import torch
 
 from p2pllm import codec
+from p2pllm.commitments import Commitment
 from p2pllm.receipts import SIGNATURE_BYTES, Receipt
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2
 MAGIC = b"PW"
 _HEADER = struct.Struct("<2sBBI")
 HEADER_BYTES = _HEADER.size
@@ -146,6 +152,40 @@ class ReceiptClaim:
         return Receipt(client, node, session_id, self.tokens, self.amount_wei, self.deadline)
 
 
+@dataclass(frozen=True)
+class SignedCommitment:
+    """A node's commitment to one step's output and its signature (verified by whoever relies on it)."""
+
+    commitment: Commitment
+    signature: bytes
+
+    def to_json(self) -> dict[str, Any]:
+        c = self.commitment
+        return {"session_id": _hex(c.session_id), "position": c.position, "tokens": c.tokens,
+                "input_hash": _hex(c.input_hash), "output_hash": _hex(c.output_hash), "model_id": _hex(c.model_id),
+                "layer_start": c.layer_start, "layer_end": c.layer_end, "issued_at": c.issued_at,
+                "signature": _hex(self.signature)}
+
+    @classmethod
+    def from_json(cls, data: Any) -> SignedCommitment:
+        if not isinstance(data, dict):
+            raise WireError("bad_commitment", reason="not an object")
+        try:
+            commitment = Commitment(_bytes(data, "session_id", 32), _int(data, "position"),
+                                    _int(data, "tokens", 2**32), _bytes(data, "input_hash", 32),
+                                    _bytes(data, "output_hash", 32), _bytes(data, "model_id", 32),
+                                    _int(data, "layer_start", 2**16), _int(data, "layer_end", 2**16),
+                                    _int(data, "issued_at"))
+            return cls(commitment, _bytes(data, "signature", SIGNATURE_BYTES))
+        except WireError as exc:
+            raise WireError("bad_commitment", **exc.detail) from exc
+
+
+def _optional_commitment(meta: dict[str, Any], name: str) -> SignedCommitment | None:
+    raw = meta.get(name)
+    return None if raw is None else SignedCommitment.from_json(raw)
+
+
 # ------------------------------------------------------------------------------------------------ messages
 
 
@@ -220,7 +260,8 @@ class NextHop:
 class Step:
     """Hidden states (1, tokens, hidden) at positions [position, position + tokens) of a session, paid by
     `receipt` (None only when a relaying node dropped it). After computing, the node pushes its output to
-    `relay[0]` with `relay[1:]`, and sends the client a copy (`StepResult`); with no relay the result is final."""
+    `relay[0]` with `relay[1:]`, and sends the client a copy (`StepResult`); with no relay the result is final.
+    `upstream`: on a relayed step, the relaying node's signed commitment for `hidden`."""
 
     KIND: ClassVar[int] = 3
     session_id: bytes
@@ -228,11 +269,13 @@ class Step:
     receipt: ReceiptClaim | None
     hidden: torch.Tensor
     relay: tuple[NextHop, ...] = ()
+    upstream: SignedCommitment | None = None
 
     def meta(self) -> dict[str, Any]:
         return {"session_id": _hex(self.session_id), "position": self.position,
                 "receipt": self.receipt.to_json() if self.receipt is not None else None,
-                "relay": [hop.to_json() for hop in self.relay]}
+                "relay": [hop.to_json() for hop in self.relay],
+                "upstream": self.upstream.to_json() if self.upstream is not None else None}
 
     def payload(self) -> bytes:
         return codec.encode(self.hidden)
@@ -245,13 +288,15 @@ class Step:
         raw_receipt = _field(meta, "receipt")
         receipt = None if raw_receipt is None else ReceiptClaim.from_json(raw_receipt)
         return cls(_bytes(meta, "session_id", 32), _int(meta, "position"), receipt, _tensor(payload, **limits),
-                   tuple(NextHop.from_json(hop) for hop in relay))
+                   tuple(NextHop.from_json(hop) for hop in relay), _optional_commitment(meta, "upstream"))
 
 
 @dataclass(frozen=True)
 class StepResult:
     """A node's output for positions [position, position + tokens): the final hidden states when `final`, else a
-    copy of what it relayed (what the client keeps to replay the next hop on failover)."""
+    copy of what it relayed (what the client keeps to replay the next hop on failover). `commitment`: the node's
+    signed commitment for this step (every node sends one); `upstream`: the commitment the relaying node sent
+    with this step's input, passed back untouched."""
 
     KIND: ClassVar[int] = 4
     session_id: bytes
@@ -259,10 +304,14 @@ class StepResult:
     final: bool
     compute_ms: float
     hidden: torch.Tensor
+    commitment: SignedCommitment | None = None
+    upstream: SignedCommitment | None = None
 
     def meta(self) -> dict[str, Any]:
         return {"session_id": _hex(self.session_id), "position": self.position, "final": self.final,
-                "compute_ms": round(self.compute_ms, 3)}
+                "compute_ms": round(self.compute_ms, 3),
+                "commitment": self.commitment.to_json() if self.commitment is not None else None,
+                "upstream": self.upstream.to_json() if self.upstream is not None else None}
 
     def payload(self) -> bytes:
         return codec.encode(self.hidden)
@@ -273,7 +322,8 @@ class StepResult:
         if not isinstance(final, bool):
             raise WireError("bad_field", field="final", reason="not a boolean")
         return cls(_bytes(meta, "session_id", 32), _int(meta, "position"), final, _float(meta, "compute_ms"),
-                   _tensor(payload, **limits))
+                   _tensor(payload, **limits), _optional_commitment(meta, "commitment"),
+                   _optional_commitment(meta, "upstream"))
 
 
 @dataclass(frozen=True)

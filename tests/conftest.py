@@ -164,3 +164,18 @@ def tiny_chat_model(smollm2: ModelSource, tmp_path_factory: pytest.TempPathFacto
         if (smollm2.path / name).exists():
             shutil.copy(smollm2.path / name, path / name)
     return describe_folder(path, name="tiny-chat", origin="local")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _own_user_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Clients' reputation stores and per-user deployment files go to a directory of this test run, never the
+    user's own (child processes inherit it)."""
+    import os
+
+    previous = os.environ.get("P2PLLM_HOME")
+    os.environ["P2PLLM_HOME"] = str(tmp_path_factory.mktemp("p2pllm-home"))
+    yield
+    if previous is None:
+        os.environ.pop("P2PLLM_HOME", None)
+    else:
+        os.environ["P2PLLM_HOME"] = previous

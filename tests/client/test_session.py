@@ -379,7 +379,7 @@ def test_a_refusal_the_client_caused_is_not_rerouted() -> None:
         await session.open()
         hop = session.slots[0].hop
         await hop.send(Step(hop.session_id, 0, None, torch.zeros(1, 1, 4)))  # no receipt, sent by the client
-        await session._result(0, 0, 1)
+        await session._result(0, 0, 1, torch.zeros(1, 1, 4))
 
     with pytest.raises(HopRejected) as refused:
         asyncio.run(run())

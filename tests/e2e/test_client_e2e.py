@@ -43,7 +43,7 @@ class Network:
 
     def client(self) -> InferenceClient:
         chain = Chain.connect(self.dev_chain.anvil.rpc_url, dev_account(CLIENT_ACCOUNT), self.dev_chain.deployment)
-        return InferenceClient(chain, str(self.model.path))
+        return InferenceClient(chain, str(self.model.path), verify_rate=0.0)
 
     def name_of(self, address: str) -> str:
         return next(n for n, p in self.nodes.items() if p.address.lower() == address.lower())
@@ -83,7 +83,7 @@ def test_star_transport_gives_the_same_tokens_and_pays_the_same(network: Network
     """Star mode (the client feeds every hop itself, for nodes that cannot reach each other) against the same
     nodes: the same tokens as transformers, and each hop paid exactly what it processed."""
     chain = Chain.connect(network.dev_chain.anvil.rpc_url, dev_account(CLIENT_ACCOUNT), network.dev_chain.deployment)
-    client = InferenceClient(chain, str(network.model.path), transport="star")
+    client = InferenceClient(chain, str(network.model.path), transport="star", verify_rate=0.0)
     result = _generate(client, alpha=1.0)
     client.close()
     assert result.token_ids == _local_greedy(network.model)

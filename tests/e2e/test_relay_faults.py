@@ -116,7 +116,7 @@ def _settled(net: Net, result: GenerationResult) -> dict[str, int]:
 
 @pytest.mark.parametrize("net", ["A"], indirect=True)
 def test_a_node_forging_the_next_receipt_is_routed_around(net: Net) -> None:
-    client = InferenceClient(net.chain, str(net.model.path), step_timeout_s=10)
+    client = InferenceClient(net.chain, str(net.model.path), step_timeout_s=10, verify_rate=0.0)
     result = GenerationResult(len(PROMPT))
     try:
         list(client.generate(PROMPT, NEW_TOKENS, alpha=1.0, result=result, stop_at_eos=False))
@@ -132,7 +132,7 @@ def test_a_node_forging_the_next_receipt_is_routed_around(net: Net) -> None:
 
 
 def test_a_frozen_node_is_detected_by_timeout_and_replaced(net: Net) -> None:
-    client = InferenceClient(net.chain, str(net.model.path), step_timeout_s=2)
+    client = InferenceClient(net.chain, str(net.model.path), step_timeout_s=2, verify_rate=0.0)
     result = GenerationResult(len(PROMPT))
     try:
         for i, _ in enumerate(client.generate(PROMPT, NEW_TOKENS, alpha=1.0, result=result, stop_at_eos=False)):

@@ -60,14 +60,14 @@ def test_generation_over_tls_relays_and_settles(tls_network: tuple[Path, list[No
                                                 tiny_llama_source: ModelSource) -> None:
     ca_file, nodes = tls_network
     chain = Chain.connect(dev_chain.anvil.rpc_url, dev_account(CLIENT_ACCOUNT), dev_chain.deployment)
-    stranger = InferenceClient(chain, str(tiny_llama_source.path))  # the system's trust store only
+    stranger = InferenceClient(chain, str(tiny_llama_source.path), verify_rate=0.0)  # the system's trust store only
     try:
         assert not stranger.market().candidates
         assert all("unreachable" in e.reason for e in stranger.market().excluded)
     finally:
         stranger.close()
 
-    client = InferenceClient(chain, str(tiny_llama_source.path), ca_file=ca_file)
+    client = InferenceClient(chain, str(tiny_llama_source.path), ca_file=ca_file, verify_rate=0.0)
     result = GenerationResult(len(PROMPT))
     try:
         list(client.generate(PROMPT, NEW_TOKENS, alpha=1.0, result=result, stop_at_eos=False))
