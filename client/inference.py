@@ -192,7 +192,7 @@ class InferenceClient:
         (units of the whole frontier, so α keeps its meaning), or RouteTooExpensive if none fits."""
         market = self.market()
         if max_price_wei_per_token is None:
-            return find_route(market.route_offers(), market.num_layers, alpha)
+            return find_route(market.route_offers(self.excluded()), market.num_layers, alpha)
         frontier = self.frontier()
         affordable = [r for r in frontier if r.price_wei_per_token <= max_price_wei_per_token]
         if not affordable:
@@ -202,7 +202,13 @@ class InferenceClient:
 
     def frontier(self) -> list[Route]:
         market = self.market()
-        return pareto_frontier(market.route_offers(), market.num_layers)
+        return pareto_frontier(market.route_offers(self.excluded()), market.num_layers)
+
+    def excluded(self) -> set[str]:
+        """Nodes routing leaves out now: those with a verdict in the reputation store, and those banned for a
+        while after failing in a generation."""
+        now = time.monotonic()
+        return {node for node, until in self.banned.items() if until > now}
 
     # ------------------------------------------------------------------ generation
     def prompt_ids(self, prompt: str, chat: bool) -> list[int]:

@@ -92,10 +92,11 @@ class _Tampered(Exception):
     """The hop at `index` saw a receipt other than the one the client signed, or hidden states without its
     predecessor's matching commitment: the hop before it is to blame (`reason`)."""
 
-    def __init__(self, index: int, reason: str) -> None:
+    def __init__(self, index: int, reason: str, computed: bool = False) -> None:
         super().__init__(reason)
         self.index = index
         self.reason = reason
+        self.computed = computed  # hop `index` computed on what it was pushed: its state is tainted too
 
 
 def route_span(market: Market, start: int, end: int, alpha: float, banned: set[str]) -> Route:
@@ -200,7 +201,7 @@ class RouteSession:
             except _Tampered as tampered:
                 blamed = tampered.index - 1
                 failure = HopFailed(self.slots[blamed].hop.node, self.slots[blamed].hop.endpoint, tampered.reason)
-                await self._replace(blamed, failure, position)
+                await self._replace(blamed, failure, position, through_end=tampered.computed)
                 index = blamed
                 await self._inject(index, position, inputs[index])
                 continue
@@ -266,9 +267,9 @@ class RouteSession:
             if previous.commitment is not None and upstream is not None and equivocates(
                     previous.commitment, upstream, previous.hop.node, verifier.domain):
                 verifier.on_equivocation(previous.hop.node, previous.commitment, upstream)
-                raise _Tampered(index, "equivocated: relayed other hidden states than its signed copy")
+                raise _Tampered(index, "equivocated: relayed other hidden states than its signed copy", computed=True)
             if upstream is None or previous.commitment is None or upstream != previous.commitment:
-                raise _Tampered(index, "relayed hidden states without its matching signed commitment")
+                raise _Tampered(index, "relayed hidden states without its matching signed commitment", computed=True)
         problem = verifier.commitment_problem(slot.hop, position, tokens, hidden_in, result)
         if problem is not None:
             verifier.convict(slot.hop.node, "bad_commitment", problem)

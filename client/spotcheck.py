@@ -79,6 +79,7 @@ class Verifier:
     shadows: list[HopSession] = field(default_factory=list)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _busy: set[str] = field(default_factory=set)
+    _convicted: set[str] = field(default_factory=set)
 
     @property
     def rel_tol(self) -> float:
@@ -102,6 +103,7 @@ class Verifier:
                      {"first": first.to_json(), "second": second.to_json()})
 
     def convict(self, node: str, verdict: str, reason: str, evidence: dict | None = None) -> None:
+        self._convicted.add(node.lower())
         self.stats.verdicts.append(f"{node}: {verdict} ({reason})")
         if self.reputation is not None:
             self.reputation.record(node, verdict, reason, evidence)
@@ -112,6 +114,8 @@ class Verifier:
 
     def wants_check(self, hop: HopSession) -> bool:
         """Draw whether to check `hop` now (never while a check of that hop session is running)."""
+        if hop.node.lower() in self._convicted:
+            return False  # already on its way out of the route
         return self.policy.draw() and hop.session_id.hex() not in self._busy
 
     def start_check(self, market: Market, payer: Payer, options: StreamOptions, open_and_fund: OpenAndFund,
