@@ -17,6 +17,7 @@ and passwords are never printed or logged. torch is imported only by `generate` 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import getpass
 import json
 import logging
@@ -90,6 +91,17 @@ def parse_token_ids(text: str) -> list[int]:
     return ids
 
 
+def parse_rate(text: str) -> float:
+    """'0.02' -> 0.02, a probability in [0, 1]."""
+    try:
+        rate = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"a rate must be a number in [0, 1], got {text!r}") from exc
+    if not 0.0 <= rate <= 1.0:
+        raise argparse.ArgumentTypeError(f"a rate must be in [0, 1], got {text!r}")
+    return rate
+
+
 def _top_p(text: str) -> float:
     try:
         value = float(text)
@@ -138,6 +150,23 @@ def _add_generation_options(parser: argparse.ArgumentParser, max_new_tokens: int
     parser.add_argument("--no-deposit", dest="allow_deposit", action="store_false",
                         help="reserve for the route's nodes only from the escrow pool; by default what the pool "
                              "lacks is deposited from the wallet in the same transaction")
+    _add_verification_options(parser)
+
+
+def _add_verification_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("verification")
+    group.add_argument("--verify-rate", type=parse_rate, default=0.02, metavar="Q",
+                       help="after each step, check each hop with probability Q by replaying its inputs on an "
+                            "independent node serving the same layers, paid as usual (default 0.02; 0 = only "
+                            "commitments are checked)")
+    group.add_argument("--verify-local", action="store_true",
+                       help="replay checks on this machine's own copy of the hop's layers instead of a second node")
+    group.add_argument("--reputation", type=Path, metavar="FILE",
+                       help="verdicts store; routing leaves out every node in it (default: reputation.sqlite in "
+                            "the per-user data directory)")
+    group.add_argument("--no-report", dest="report_equivocation", action="store_false",
+                       help="do not report an equivocating node on-chain (by default the client sends the proof, "
+                            "which slashes the node's bond and pays this wallet part of it)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -512,12 +541,16 @@ def cmd_routes(args: argparse.Namespace) -> int:
 def inference_client(args: argparse.Namespace) -> Iterator[InferenceClient]:
     """A funded `InferenceClient` for the command's chain, model and key; closed afterwards."""
     from client.inference import InferenceClient
+    from client.reputation import ReputationStore
 
     if args.cpus:
         pin_process(args.cpus)
     client = InferenceClient(connect(args), args.model, args.dtype, threads=args.threads,
                              allow_deposit=args.allow_deposit, transport=args.transport, ca_file=args.ca_file,
-                             step_timeout_s=args.step_timeout, reserve_ahead=args.reserve_ahead)
+                             step_timeout_s=args.step_timeout, reserve_ahead=args.reserve_ahead,
+                             verify_rate=args.verify_rate, verify_local=args.verify_local,
+                             reputation=ReputationStore(args.reputation) if args.reputation else None,
+                             report_equivocation=args.report_equivocation)
     try:
         yield client
     finally:
@@ -587,7 +620,8 @@ def result_json(result: GenerationResult, alpha: float) -> dict[str, Any]:
         "route": _route_json(result.route) if result.route is not None else None,
         "hops": [{"node": h.node, "endpoint": h.endpoint, "offer_id": h.offer_id, "layers": list(h.layers),
                   "tokens": h.tokens, "price_wei_per_token": h.price_wei_per_token, "cost_wei": h.cost_wei,
-                  "signed_wei": h.signed_wei, "failed": h.failed, "session_id": "0x" + h.session_id.hex()}
+                  "signed_wei": h.signed_wei, "failed": h.failed, "check": h.check,
+                  "session_id": "0x" + h.session_id.hex()}
                  for h in result.hops],
         "total_cost_wei": result.total_cost_wei,
         "reservations": [{"nodes": list(r.nodes), "amounts_wei": list(r.amounts_wei), "deposit_wei": r.deposit_wei,
@@ -596,6 +630,9 @@ def result_json(result: GenerationResult, alpha: float) -> dict[str, Any]:
                        "replacement": [{"offer_id": h.offer_id, "node": h.node, "layers": [h.start, h.end]}
                                        for h in f.replacement],
                        "replayed_tokens": f.replayed_tokens} for f in result.failovers],
+        "verification": dataclasses.asdict(result.verification) if result.verification is not None else None,
+        "equivocations": [p.node for p in result.equivocations],
+        "slash_reports": result.slash_reports,
         "timings": {"ttft_s": result.ttft_s, "total_s": result.total_s, "tokens_per_s": result.tokens_per_s,
                     "signing_s": result.signing_s,
                     "signing_share": result.signing_s / result.total_s if result.total_s > 0 else 0.0},
@@ -610,7 +647,8 @@ def print_summary(result: GenerationResult, out: Any) -> None:
     print_table(["hop", "node", "layers", "offer", "tokens", "price/token", "cost", "signed", ""],
                 [(n, short_address(h.node), f"{h.layers[0]}-{h.layers[1]}", h.offer_id, h.tokens,
                   format_eth(h.price_wei_per_token), format_eth(h.cost_wei), format_eth(h.signed_wei),
-                  "failed" if h.failed else "") for n, h in enumerate(result.hops, start=1)], out=out)
+                  "check" if h.check else "failed" if h.failed else "") for n, h in enumerate(result.hops, start=1)],
+                out=out)
     for r in result.reservations:
         print(f"reserved  {format_eth(r.total_wei)} for {len(r.nodes)} node(s) in one transaction"
               + (f", {format_eth(r.deposit_wei)} of it deposited from the wallet" if r.deposit_wei else "")
@@ -620,6 +658,15 @@ def print_summary(result: GenerationResult, out: Any) -> None:
               f"{format_hops(f.replacement)}, replayed {f.replayed_tokens} token(s)", file=out)
     print(f"total     {format_eth(result.total_cost_wei)} for {len(result.token_ids)} new token(s) "
           f"(prompt {result.prompt_tokens}); {len(result.failovers)} failover(s)", file=out)
+    if result.verification is not None:
+        v = result.verification
+        print(f"verify    {v.commitments_verified} signed commitment(s) checked; {v.checks} spot check(s): "
+              f"{v.agreed} agreed, {v.disagreed} disagreed, {v.unverifiable} without an independent node"
+              + (f", {v.failed} checker(s) failed" if v.failed else ""), file=out)
+        for verdict in v.verdicts:
+            print(f"verdict   {verdict}", file=out)
+        for tx in result.slash_reports:
+            print(f"reported  equivocation on-chain (tx {tx})", file=out)
     share = 100 * result.signing_s / result.total_s if result.total_s > 0 else 0.0
     print(f"timing    ttft {result.ttft_s:.3f} s, {result.tokens_per_s:.1f} tok/s, total {result.total_s:.3f} s, "
           f"signing {share:.1f}% of it", file=out)

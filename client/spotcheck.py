@@ -1,7 +1,10 @@
 """Spot checks of a route's hops, run beside the generation (never on its critical path): a hop's inputs up to
 step t are replayed, as one prefill, on a second, independent node serving the same layers (a shadow session,
 opened, funded and paid like any hop) or, with `local`, on the client's own copy of those layers; one prefill
-returns every earlier output too, so one check covers every step before it. Outputs are compared within the
+returns every earlier output too, so one check covers every step before it. The shadow session stays open for
+the rest of the generation: a later check of the same hop sends only the inputs since the last one (the
+checker's cache holds the rest), so a hop's positions are paid for at most once more, however often it is
+checked. Outputs are compared within the
 dtype's tolerance (`client.verify`). On disagreement a third party (another node, or the local copy) decides;
 the node found wrong gets a verdict in the reputation store and is handed back to the route session, which
 drops it from the route by failover. Knows nothing about tokens, sampling or the chain."""
@@ -54,6 +57,16 @@ class EquivocationProof:
     second: SignedCommitment
 
 
+@dataclass
+class _Shadow:
+    """Who checks a hop session: a node's session that has seen the hop's inputs up to `upto` (None: the local
+    copy, which recomputes from the start each time)."""
+
+    name: str
+    session: HopSession | None
+    upto: int = 0
+
+
 @dataclass(frozen=True)
 class Condemned:
     """A node a check found wrong, with the evidence."""
@@ -79,6 +92,7 @@ class Verifier:
     shadows: list[HopSession] = field(default_factory=list)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _busy: set[str] = field(default_factory=set)
+    _shadows: dict[str, _Shadow] = field(default_factory=dict)  # by the checked hop session
     _convicted: set[str] = field(default_factory=set)
 
     @property
@@ -129,49 +143,71 @@ class Verifier:
         task.add_done_callback(lambda _: self._busy.discard(hop.session_id.hex()))
 
     async def drain(self, timeout_s: float) -> None:
-        """Wait for running checks (cancel what is left after `timeout_s`), then close their sessions."""
+        """Wait for running checks (cancel what is left after `timeout_s`), then close the checkers' sessions."""
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=timeout_s)
             for task in pending:
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.gather(*pending, return_exceptions=True)
+        shadows, self._shadows = list(self._shadows.values()), {}
+        await asyncio.gather(*(s.session.close() for s in shadows if s.session is not None))
 
     async def _check(self, market: Market, payer: Payer, options: StreamOptions, open_and_fund: OpenAndFund,
                      hop: HopSession, inputs: torch.Tensor, outputs: torch.Tensor, excluded: set[str]) -> None:
         self.stats.checks += 1
         others = self._checkers(market, hop, excluded)
-        try:
-            first = await self._replay(others, market, payer, options, open_and_fund, hop, inputs)
-        except _NoChecker:
-            self.stats.unverifiable += 1
-            return
-        checker_name, checked = first
-        verdict = compare(outputs, checked, self.rel_tol)
+        key = hop.session_id.hex()
+        length = int(inputs.shape[1])
+        shadow = self._shadows.get(key)
+        checked: torch.Tensor | None = None
+        if shadow is not None and shadow.session is not None and shadow.upto < length:
+            try:  # the checker's session has every earlier input: send only the new ones
+                checked = await self._extend(shadow, inputs)
+            except (HopFailed, HopRejected) as exc:
+                log.warning("spot-check session on %s failed: %s", shadow.name, exc)
+                self.stats.failed += 1
+                await shadow.session.close()
+                del self._shadows[key]
+                shadow = None
+        if checked is None:
+            try:
+                shadow, checked = await self._fresh(others, payer, options, open_and_fund, hop, inputs)
+            except _NoChecker:
+                self.stats.unverifiable += 1
+                return
+            self._shadows[key] = shadow
+        start = length - int(checked.shape[1])
+        window = outputs[:, start:]
+        verdict = compare(window, checked, self.rel_tol)
         self._note(verdict)
+        shadow.upto = length
         if verdict.agree:
             self.stats.agreed += 1
             return
         self.stats.disagreed += 1
-        log.warning("spot check: %s and %s disagree on layers [%d, %d) (relative %.2e from position %s)", hop.node,
-                    checker_name, hop.start, hop.end, verdict.max_relative, verdict.first_bad)
-        remaining = [c for c in others if c.offer.node.lower() != checker_name.lower()]
+        first_bad = start + (verdict.first_bad or 0)
+        log.warning("spot check: %s and %s disagree on layers [%d, %d) (relative %.2e from position %d)", hop.node,
+                    shadow.name, hop.start, hop.end, verdict.max_relative, first_bad)
+        remaining = [c for c in others if c.offer.node.lower() != shadow.name.lower()]
         try:
-            referee_name, third = await self._replay(remaining, market, payer, options, open_and_fund, hop, inputs,
-                                                     prefer_local=True)
+            referee, third = await self._fresh(remaining, payer, options, open_and_fund, hop, inputs,
+                                               prefer_local=True, keep=False)
         except _NoChecker:
-            self.stats.verdicts.append(f"{hop.node}: unresolved (disagrees with {checker_name}, no third party)")
+            self.stats.verdicts.append(f"{hop.node}: unresolved (disagrees with {shadow.name}, no third party)")
             return
-        with_hop = compare(third, outputs, self.rel_tol).agree
+        third = third[:, start:]
+        with_hop = compare(third, window, self.rel_tol).agree
         with_checker = compare(third, checked, self.rel_tol).agree
         evidence = {"layers": [hop.start, hop.end], "session_id": "0x" + hop.session_id.hex(),
-                    "positions": int(inputs.shape[1]), "first_bad_position": verdict.first_bad,
-                    "max_relative": verdict.max_relative, "checker": checker_name, "referee": referee_name}
+                    "positions": [start, length], "first_bad_position": first_bad,
+                    "max_relative": verdict.max_relative, "checker": shadow.name, "referee": referee.name}
         if with_checker and not with_hop:
-            self.convict(hop.node, "wrong_output", f"outputs differ from {checker_name} and {referee_name}", evidence)
-        elif with_hop and not with_checker and checker_name != "local":
-            self.convict(checker_name, "wrong_output", f"outputs differ from {hop.node} and {referee_name}",
-                         evidence)
+            self.convict(hop.node, "wrong_output", f"outputs differ from {shadow.name} and {referee.name}", evidence)
+        elif with_hop and not with_checker and shadow.session is not None:
+            self.convict(shadow.name, "wrong_output", f"outputs differ from {hop.node} and {referee.name}", evidence)
+            await shadow.session.close()
+            self._shadows.pop(key, None)
         else:
             self.stats.verdicts.append(f"{hop.node}: unresolved (three-way disagreement)")
 
@@ -187,39 +223,57 @@ class Verifier:
                 if c.offer.start <= hop.start and hop.end <= c.offer.end and c.offer.node.lower() not in skip]
         return sorted(fits, key=lambda c: (c.offer.price_wei_per_token, c.rtt_ms, c.offer.offer_id))
 
-    async def _replay(self, candidates: list[Candidate], market: Market, payer: Payer, options: StreamOptions,
-                      open_and_fund: OpenAndFund, hop: HopSession, inputs: torch.Tensor,
-                      prefer_local: bool = False) -> tuple[str, torch.Tensor]:
-        """The hop's outputs recomputed by the local copy (when asked for and available) or the first candidate
-        node that answers; `_NoChecker` when none can."""
+    async def _fresh(self, candidates: list[Candidate], payer: Payer, options: StreamOptions,
+                     open_and_fund: OpenAndFund, hop: HopSession, inputs: torch.Tensor, prefer_local: bool = False,
+                     keep: bool = True) -> tuple[_Shadow, torch.Tensor]:
+        """The hop's outputs for every position of `inputs`, recomputed by the local copy (when asked for and
+        available) or by the first candidate node that answers, on a new session kept open for later checks of
+        the same hop (`keep`); `_NoChecker` when none can."""
         if self.local is not None and (prefer_local or not candidates):
             local = self.local
-            return "local", await asyncio.to_thread(local, hop.start, hop.end, inputs)
+            return _Shadow("local", None), await asyncio.to_thread(local, hop.start, hop.end, inputs)
+        tokens = int(inputs.shape[1])
         for candidate in candidates:
-            shadow = HopSession(payer, candidate.offer.node, candidate.offer.endpoint, candidate.offer.offer_id,
-                                hop.start, hop.end, candidate.offer.price_wei_per_token, candidate.credit_wei,
-                                int(inputs.shape[1]), hop.dtype, hop.hidden_size, options)
-            self.shadows.append(shadow)
+            session = HopSession(payer, candidate.offer.node, candidate.offer.endpoint, candidate.offer.offer_id,
+                                 hop.start, hop.end, candidate.offer.price_wei_per_token, candidate.credit_wei,
+                                 hop.max_length if keep else tokens, hop.dtype, hop.hidden_size, options)
+            self.shadows.append(session)
             try:
-                await open_and_fund([shadow])
-                await shadow.send(shadow.step(0, inputs))
-                result = await self._answer(shadow, int(inputs.shape[1]))
-                problem = self.commitment_problem(shadow, 0, int(inputs.shape[1]), inputs, result)
+                await open_and_fund([session])
+                await session.send(session.step(0, inputs))
+                result = await self._answer(session, 0, tokens)
+                problem = self.commitment_problem(session, 0, tokens, inputs, result)
                 if problem is not None:
-                    self.convict(shadow.node, "bad_commitment", problem)
+                    self.convict(session.node, "bad_commitment", problem)
+                    await session.close()
                     continue
-                return candidate.offer.node, result.hidden
             except (HopFailed, HopRejected) as exc:
                 self.stats.failed += 1
                 log.warning("spot check on %s failed: %s", candidate.offer.node, exc)
-            finally:
-                await shadow.close()
+                await session.close()
+                continue
+            if not keep:
+                await session.close()
+            return _Shadow(candidate.offer.node, session if keep else None), result.hidden
         raise _NoChecker
 
-    async def _answer(self, shadow: HopSession, tokens: int) -> StepResult:
+    async def _extend(self, shadow: _Shadow, inputs: torch.Tensor) -> torch.Tensor:
+        """The checker's outputs for the positions of `inputs` beyond what its session has seen."""
+        session = shadow.session
+        assert session is not None
+        fresh = inputs[:, shadow.upto:]
+        await session.send(session.step(shadow.upto, fresh))
+        result = await self._answer(session, shadow.upto, int(fresh.shape[1]))
+        problem = self.commitment_problem(session, shadow.upto, int(fresh.shape[1]), fresh, result)
+        if problem is not None:
+            self.convict(session.node, "bad_commitment", problem)
+            raise HopFailed(session.node, session.endpoint, f"bad commitment: {problem}")
+        return result.hidden
+
+    async def _answer(self, shadow: HopSession, position: int, tokens: int) -> StepResult:
         while True:
             message = await shadow.recv(self.step_timeout_s)
-            if isinstance(message, StepResult) and message.position == 0:
+            if isinstance(message, StepResult) and message.position == position:
                 shadow.served(message, tokens)
                 return message
             if isinstance(message, StepError):
