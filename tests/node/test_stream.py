@@ -9,6 +9,7 @@ client's sessions."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import socket
@@ -24,6 +25,7 @@ from websockets.exceptions import ConnectionClosed
 
 from node.api import AppState
 from node.app import create_app
+from node.commit import Committer
 from node.executor import ShardExecutor
 from node.exposure import Exposure
 from node.ledger import Ledger
@@ -33,6 +35,7 @@ from node.scheduler import Scheduler
 from node.session import SessionTable
 from p2pllm import codec
 from p2pllm.chain import Chain
+from p2pllm.commitments import Commitment, RegistryDomain, commitment_signer, sign_commitment, tensor_hash
 from p2pllm.models import ModelSource
 from p2pllm.receipts import EscrowDomain
 from p2pllm.shard import load_shard
@@ -43,6 +46,7 @@ from p2pllm.wire import (
     Ping,
     Pong,
     SessionOpened,
+    SignedCommitment,
     Step,
     StepError,
     StepResult,
@@ -460,3 +464,41 @@ def _wait(condition: object, timeout_s: float = 10.0) -> None:
     while not condition():  # type: ignore[operator]
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.02)
+
+
+# ------------------------------------------------------------------------------------------ commitments
+
+
+def test_results_carry_the_nodes_commitment_and_relayed_steps_need_the_relayers(harness: Harness) -> None:
+    """With a committer, every result carries the node's signed commitment to exactly the bytes it got and
+    sent, and passes back the relaying node's commitment; a relayed step without a commitment to exactly its
+    hidden states is refused (bad_upstream, reported to the client), before any compute or payment."""
+    node_key = bytes(Account.from_key(bytes.fromhex(
+        "59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d")).key)
+    registry = RegistryDomain(harness.domain.chain_id, "0x" + "42" * 20)
+    harness.state.committer = Committer(node_key, registry, b"\x01" * 32)
+    session = harness.opened()
+    x = hidden(3)
+    result = session.forward(x)
+    assert isinstance(result, StepResult) and result.commitment is not None and result.upstream is None
+    c = result.commitment.commitment
+    assert (c.session_id, c.position, c.tokens, c.layer_start, c.layer_end) == (session.session_id, 0, 3, 0, 4)
+    assert c.input_hash == tensor_hash(codec.encode(x)) and c.output_hash == tensor_hash(codec.encode(result.hidden))
+    assert commitment_signer(c, registry, result.commitment.signature) == harness.node
+
+    relayer = PayingSession(harness.served.endpoint, session.session_id, bytes(harness.client.account.key),
+                            harness.client.address, harness.node, harness.domain, PRICE, harness.deadline).connect()
+    pushed = hidden()
+    relayer.send(Step(session.session_id, 3, session.claim(4), pushed))
+    _error(session.recv(), "bad_upstream", relayed=True, position=3)
+    other = Commitment(os.urandom(32), 3, 1, os.urandom(32), tensor_hash(codec.encode(hidden())), b"\x01" * 32, 0, 4, 1)
+    wrong = SignedCommitment(other, sign_commitment(other, registry, node_key))
+    relayer.send(Step(session.session_id, 3, session.claim(4), pushed, (), wrong))
+    _error(session.recv(), "bad_upstream", relayed=True, position=3)
+    assert harness.state.executor.session("0x" + session.session_id.hex()).length == 3  # nothing computed
+    right = dataclasses.replace(other, output_hash=tensor_hash(codec.encode(pushed)))
+    upstream = SignedCommitment(right, sign_commitment(right, registry, node_key))
+    relayer.send(Step(session.session_id, 3, session.claim(4), pushed, (), upstream))
+    answer = session.recv()
+    assert isinstance(answer, StepResult) and answer.position == 3 and answer.upstream == upstream
+    assert answer.commitment is not None and answer.commitment.commitment.input_hash == right.output_hash
