@@ -10,7 +10,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -220,7 +220,27 @@ class InferenceClient:
                  max_price_wei_per_token: int | None = None, sampling: SamplingParams | None = None,
                  chat: bool = False, result: GenerationResult | None = None,
                  stop_at_eos: bool = True) -> Iterator[StreamEvent]:
-        """Stream a generation; `result` (if given) is filled with route, per-hop costs and timings."""
+        """Stream a generation; `result` (if given) is filled with route, per-hop costs and timings. Runs
+        `stream` on the client's own event loop."""
+        events = self.stream(prompt, max_new_tokens, alpha, max_price_wei_per_token, sampling, chat, result,
+                             stop_at_eos, offload=False)
+        try:
+            while True:
+                try:
+                    event = self._run(events.__anext__())
+                except StopAsyncIteration:
+                    return
+                yield event
+        finally:
+            self._run(events.aclose())
+
+    async def stream(self, prompt: str | Sequence[int], max_new_tokens: int = 64, alpha: float = 0.5,
+                     max_price_wei_per_token: int | None = None, sampling: SamplingParams | None = None,
+                     chat: bool = False, result: GenerationResult | None = None, stop_at_eos: bool = True,
+                     offload: bool = True) -> AsyncIterator[StreamEvent]:
+        """The same generation on the caller's event loop, so that several run at once (the gateway). With
+        `offload`, the local compute (embeddings, LM head, sampling) and the chain calls run in worker threads,
+        so the loop keeps serving the other generations."""
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         params = sampling or SamplingParams()
@@ -230,12 +250,24 @@ class InferenceClient:
         result = result if result is not None else GenerationResult(len(ids))
         result.prompt_tokens = len(ids)
         generator = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
-        route = self.route(alpha, max_price_wei_per_token)
+
+        async def run(function: Callable[..., T], *args: Any) -> T:
+            return await asyncio.to_thread(function, *args) if offload else function(*args)
+
+        route = await run(self.route, alpha, max_price_wei_per_token)
 
         def fund(needs: Sequence[Need]) -> None:
             reservation = self.funder.ensure(needs)
             if reservation is not None:
                 result.reservations.append(reservation)
+
+        def embed(token_ids: list[int]) -> torch.Tensor:
+            with torch.inference_mode():
+                return self.head.embed(torch.tensor([token_ids]))
+
+        def next_token(hidden: torch.Tensor) -> int:
+            with torch.inference_mode():
+                return sample(self.head.logits(hidden[:, -1:])[0, -1], params, generator)
 
         verifier = self._verifier()
         session = RouteSession(self.market(), route, self.payer, len(ids) + max_new_tokens, alpha, self.head.dtype,
@@ -245,30 +277,29 @@ class InferenceClient:
                                verifier=verifier)
         started = time.perf_counter()
         try:
-            self._run(session.open())
-            with torch.inference_mode():
-                hidden = self._run(session.step(self.head.embed(torch.tensor([ids]))))
-                emitted = ""
-                while True:
-                    token = sample(self.head.logits(hidden[:, -1:])[0, -1], params, generator)
-                    if not result.token_ids:
-                        result.ttft_s = time.perf_counter() - started
-                    result.token_ids.append(token)
-                    text = self._decode(result.token_ids)
-                    delta, emitted = text[len(emitted):] if text.startswith(emitted) else text, text
-                    yield StreamEvent(token, delta)
-                    if len(result.token_ids) >= max_new_tokens or (stop_at_eos and token in self.head.eos_token_ids):
-                        break
-                    hidden = self._run(session.step(self.head.embed(torch.tensor([[token]]))))
+            await session.open()
+            hidden = await session.step(await run(embed, ids))
+            emitted = ""
+            while True:
+                token = await run(next_token, hidden)
+                if not result.token_ids:
+                    result.ttft_s = time.perf_counter() - started
+                result.token_ids.append(token)
+                text = self._decode(result.token_ids)
+                delta, emitted = text[len(emitted):] if text.startswith(emitted) else text, text
+                yield StreamEvent(token, delta)
+                if len(result.token_ids) >= max_new_tokens or (stop_at_eos and token in self.head.eos_token_ids):
+                    break
+                hidden = await session.step(await run(embed, [token]))
         finally:
             result.total_s = time.perf_counter() - started
             drain_started = time.perf_counter()
-            self._run(verifier.drain(self.step_timeout_s * 4))
+            await verifier.drain(self.step_timeout_s * 4)
             result.checks_drain_s = time.perf_counter() - drain_started
-            self._run(session.close())
+            await session.close()
             result.verification = verifier.stats
             result.equivocations = list(verifier.proofs)
-            result.slash_reports = self._report(verifier.proofs)
+            result.slash_reports = await run(self._report, verifier.proofs)
             result.text = self._decode(result.token_ids)
             result.route = session.route
             result.failovers = list(session.events)
