@@ -22,6 +22,7 @@ import getpass
 import json
 import logging
 import os
+import socket
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -254,6 +255,32 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--system", metavar="TEXT", help="a system message to start the conversation with")
     _add_model_options(chat, threads=True)
     add_chain_options(chat)
+
+    serve = sub.add_parser("serve-api", help="an OpenAI-compatible API and a page of the network, on one client",
+                           description="A long-running client: keeps the model's head loaded and the market "
+                                       "fresh, and serves /v1/models, /v1/chat/completions and /v1/completions "
+                                       "(SSE streaming or whole), each request a paid session of its own, and a "
+                                       "page of the network at /.")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 = any free one)")
+    serve.add_argument("--alpha", type=parse_alpha, default=0.5,
+                       help="price weight α in [0, 1] for every request: 1 = cheapest route, 0 = fastest (default 0.5)")
+    serve.add_argument("--max-price", type=parse_eth, metavar="ETH", help="refuse routes dearer than this per token")
+    serve.add_argument("--budget", type=parse_eth, metavar="ETH",
+                       help="stop serving once this much has been spent (default: no limit)")
+    serve.add_argument("--api-key-env", metavar="VAR",
+                       help="require `Authorization: Bearer <key>` with the key from this environment variable")
+    serve.add_argument("--refresh-s", type=parse_positive_float, default=30.0, metavar="S",
+                       help="re-read and re-probe the market every S seconds (default 30)")
+    serve.add_argument("--max-tokens", type=parse_positive_int, default=256, metavar="N",
+                       help="completion tokens when a chat request gives no max_tokens (default 256)")
+    serve.add_argument("--transport", choices=["relay", "star"], default="relay", help="as for generate")
+    serve.add_argument("--step-timeout", type=parse_positive_float, default=15.0, metavar="S", help="as for generate")
+    serve.add_argument("--reserve-ahead", type=parse_positive_int, default=4, metavar="N", help="as for generate")
+    serve.add_argument("--no-deposit", dest="allow_deposit", action="store_false", help="as for generate")
+    _add_verification_options(serve)
+    _add_model_options(serve, threads=True)
+    add_chain_options(serve)
     return parser
 
 
@@ -747,9 +774,41 @@ def cmd_chat(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------- main
 
 
+def cmd_serve_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from client.gateway import GatewaySettings, GatewayState, create_gateway
+
+    api_key = None
+    if args.api_key_env:
+        api_key = os.environ.get(args.api_key_env)
+        if not api_key:
+            raise CliError(f"--api-key-env {args.api_key_env}: the variable is not set or empty")
+    with inference_client(args) as client:
+        print(f"[p2pclient] {client.source.name}: reading the market ...", file=sys.stderr, flush=True)
+        market = client.market()
+        print(f"[p2pclient] {len(market.candidates)} live offer(s), {len(market.excluded)} excluded",
+              file=sys.stderr, flush=True)
+        settings = GatewaySettings(args.model, args.alpha, args.max_price, args.budget, api_key, args.refresh_s,
+                                   args.max_tokens)
+        app = create_gateway(GatewayState(client, settings))
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((args.host, args.port))
+        except OSError as exc:
+            raise CliError(f"cannot listen on {args.host}:{args.port}: {exc}") from exc
+        sock.listen(512)
+        host, port = sock.getsockname()[:2]
+        print(f"READY http://{host}:{port} model={args.model}", flush=True)
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
+        server.run(sockets=[sock])
+    return 0
+
+
 COMMANDS = {"wallet": cmd_wallet, "deposit": cmd_deposit, "balance": cmd_balance, "withdraw": cmd_withdraw,
             "release": cmd_release, "offers": cmd_offers, "routes": cmd_routes, "generate": cmd_generate,
-            "chat": cmd_chat}
+            "chat": cmd_chat, "serve-api": cmd_serve_api}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -113,12 +113,32 @@ class Funder:
         self.ahead = ahead
         self.clock = clock
         self._lock = threading.Lock()
+        self._in_flight: dict[str, int] = {}  # node (lower case) -> the most running sessions may still cost
 
     def ensure(self, needs: Sequence[Need]) -> Reservation | None:
         """Reserve whatever `needs` lack, in one transaction; None if nothing was missing. Calls from several
-        threads (concurrent sessions, spot checks) run one at a time: each reads what the previous reserved."""
+        threads (concurrent sessions, spot checks) run one at a time: each reads what the previous reserved, and
+        each session's need counts what the sessions still running with the same nodes may cost (a node weighs
+        everything the client owes it), until `release`."""
         with self._lock:
-            return self._ensure(needs)
+            widened = [Need(n.node, n.unpaid_wei, n.session_wei + self._in_flight.get(n.node.lower(), 0))
+                       for n in needs]
+            reservation = self._ensure(widened)
+            for need in needs:
+                key = need.node.lower()
+                self._in_flight[key] = self._in_flight.get(key, 0) + need.session_wei
+            return reservation
+
+    def release(self, needs: Sequence[Need]) -> None:
+        """The sessions behind `needs` (as given to `ensure`) have ended."""
+        with self._lock:
+            for need in needs:
+                key = need.node.lower()
+                left = self._in_flight.get(key, 0) - need.session_wei
+                if left > 0:
+                    self._in_flight[key] = left
+                else:
+                    self._in_flight.pop(key, None)
 
     def _ensure(self, needs: Sequence[Need]) -> Reservation | None:
         until = int(self.clock()) + self.horizon_s

@@ -256,8 +256,11 @@ class InferenceClient:
 
         route = await run(self.route, alpha, max_price_wei_per_token)
 
+        funded: list[Need] = []
+
         def fund(needs: Sequence[Need]) -> None:
             reservation = self.funder.ensure(needs)
+            funded.extend(needs)
             if reservation is not None:
                 result.reservations.append(reservation)
 
@@ -297,6 +300,7 @@ class InferenceClient:
             await verifier.drain(self.step_timeout_s * 4)
             result.checks_drain_s = time.perf_counter() - drain_started
             await session.close()
+            self.funder.release(funded)
             result.verification = verifier.stats
             result.equivocations = list(verifier.proofs)
             result.slash_reports = await run(self._report, verifier.proofs)

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -62,9 +61,10 @@ class Market:
         return [c.route_offer for c in self.candidates if c.offer.node.lower() not in banned]
 
 
-def probe(offer: Offer, model_id: bytes, chain_id: int, escrow: str, dtype: str, pings: int = 3,
+def probe(offer: Offer, model_id: bytes, chain_id: int, escrow: str, dtype: str, pings: int = 5,
           timeout_s: float = 3.0, ca_file: Path | None = None) -> Candidate | Excluded:
-    """Ask the node who it is and time a few round trips; exclude it with a reason if anything is off."""
+    """Ask the node who it is and time a few round trips (the fastest is the path's latency: whatever else the
+    hosts were doing only adds to it); exclude it with a reason if anything is off."""
     try:
         with http_client(timeout_s, ca_file) as http:
             response = http.get(f"{offer.endpoint}/info")
@@ -92,7 +92,7 @@ def probe(offer: Offer, model_id: bytes, chain_id: int, escrow: str, dtype: str,
     for ok, reason in checks:
         if not ok:
             return Excluded(offer, reason)
-    return Candidate(offer, info, statistics.median(rtts))
+    return Candidate(offer, info, min(rtts))
 
 
 def discover(offers: Sequence[Offer], model_id: bytes, num_layers: int, chain_id: int, escrow: str, dtype: str,

@@ -133,6 +133,7 @@ def _error_selectors(artifacts: dict[str, Artifact]) -> dict[bytes, tuple[str, l
 _POOL_OF = keccak(text="poolOf(address)")[:4]
 _ALLOCATION_OF = keccak(text="allocationOf(address,address)")[:4]
 _RESERVED = keccak(text="Reserved(address,address,uint256,uint256)")
+_CLAIMED = keccak(text="Claimed(address,address,bytes32,uint256)")
 
 
 class Chain:
@@ -385,6 +386,21 @@ class Chain:
         for log in logs:
             nodes[to_checksum_address(bytes(log["topics"][2])[12:])] = None
         return list(nodes)
+
+    def earnings(self) -> dict[str, int]:
+        """What the escrow has paid each node so far (checksummed address -> wei), from its Claimed events."""
+        deployment = self.deployment
+        try:
+            logs = self.w3.eth.get_logs({"address": self._escrow().address, "topics": [_CLAIMED],
+                                         "fromBlock": deployment.deploy_block if deployment else 0,
+                                         "toBlock": "latest"})
+        except (requests.RequestException, OSError, Web3Exception, ValueError) as exc:
+            raise ChainError(f"cannot read the escrow's Claimed events: {type(exc).__name__}: {exc}") from exc
+        paid: dict[str, int] = {}
+        for log in logs:
+            node = to_checksum_address(bytes(log["topics"][1])[12:])
+            paid[node] = paid.get(node, 0) + int.from_bytes(bytes(log["data"])[32:64], "big")
+        return paid
 
     def paid_for(self, client: str, node: str, session_id: bytes) -> int:
         fn = self._escrow().functions.paidFor(to_checksum_address(client), to_checksum_address(node), session_id)

@@ -33,6 +33,17 @@ fi
 site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 echo "$ROOT" > "$site/p2pllm-checkout.pth"
 
+# Debian's chromium, for the gateway page's browser test (skipped, with its reason, where it cannot be had).
+if ! command -v chromium >/dev/null; then
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+    step "installing Debian's chromium (the browser test of the gateway page)"
+    (apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 &&
+      apt-get install -y -q chromium >/dev/null 2>&1; }) || step "could not install chromium; its test will skip"
+  else
+    step "no chromium and no root apt-get: the gateway page's browser test will skip"
+  fi
+fi
+
 # 2. npm toolchain ------------------------------------------------------------------------------
 npm_key=$(digest package.json package-lock.json)
 if [[ ! -f node_modules/.setup-ok || "$(cat node_modules/.setup-ok)" != "$npm_key" ]]; then

@@ -69,20 +69,28 @@ def test_funder_on_anvil(dev_chain: DevChain) -> None:
     node_a, node_b = dev_chain.as_account(3).address, dev_chain.as_account(4).address
     funder = Funder(client, allow_deposit=True, horizon_s=7200, clock=client.block_timestamp)
     client.deposit(5 * 10**15)
-    first = funder.ensure([Need(node_a, 0, 4 * 10**15), Need(node_b, 0, 3 * 10**15)])
+    first_needs = [Need(node_a, 0, 4 * 10**15), Need(node_b, 0, 3 * 10**15)]
+    first = funder.ensure(first_needs)
     assert first is not None and first.deposit_wei == 2 * 10**15 and first.tx_hash
     assert client.pool_balance(client.address) == 0
     assert client.allocation_of(client.address, node_a).amount_wei == 4 * 10**15
+    # While that session runs, a second one with node A needs room for both: 4 + 3 + 1 unpaid > 4 reserved.
+    second = funder.ensure([Need(node_a, 10**15, 3 * 10**15)])
+    assert second is not None and second.nodes == (node_a,) and second.amounts_wei == (4 * 10**15,)
+    funder.release(first_needs)
+    funder.release([Need(node_a, 10**15, 3 * 10**15)])
     assert funder.ensure([Need(node_a, 10**15, 3 * 10**15)]) is None  # already covered: no transaction
+    funder.release([Need(node_a, 10**15, 3 * 10**15)])
     # A release ending after the horizon still counts; once it ends before the horizon it does not, and the
     # funder tops the allocation up.
     client.request_release([node_b], [10**15])
     assert funder.ensure([Need(node_b, 0, 3 * 10**15)]) is None
+    funder.release([Need(node_b, 0, 3 * 10**15)])
     dev_chain.increase_time(THAW_S - 3600)
     topped = funder.ensure([Need(node_b, 0, 3 * 10**15)])
     assert topped is not None and topped.amounts_wei == (10**15,)
     strict = Funder(client, allow_deposit=False, horizon_s=7200, clock=client.block_timestamp)
     with pytest.raises(InsufficientPool) as short:
-        strict.ensure([Need(node_a, 0, 5 * 10**15)])
+        strict.ensure([Need(node_a, 0, 9 * 10**15)])  # 8e15 reserved for A after the two sessions above
     assert short.value.shortfall_wei == 10**15 and short.value.pool_wei == 0
     assert sorted(client.allocated_nodes(client.address)) == sorted([node_a, node_b])
