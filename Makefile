@@ -32,7 +32,7 @@ gas: setup
 
 # Every benchmark, one JSON line each (several minutes; see the README's table).
 benchmarks: setup
-	@for b in gas routing shards hop_overhead relay_copy node_throughput load e2e wan; do $(VENV)/python benchmarks/$$b.py 2>/dev/null; done
+	@for b in gas routing shards hop_overhead relay_copy node_throughput load e2e wan gateway verification; do $(VENV)/python benchmarks/$$b.py 2>/dev/null; done
 
 figures: setup
 	@$(VENV)/python scripts/figures.py --out figures/
