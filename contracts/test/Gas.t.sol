@@ -133,10 +133,13 @@ contract PruneGasTest is GasMeter {
 
     function setUp() public override {
         super.setUp();
-        registry = new OfferRegistry(10 minutes);
+        registry = new OfferRegistry(10 minutes, 0.01 ether, 2 days, 1 days, 5_000);
         for (uint256 i; i < 200; ++i) {
-            vm.prank(address(uint160(0x5BA0000 + i / 10)));
-            registry.register(MODEL, 0, 1, 1, "http://127.0.0.1:8001");
+            address owner = address(uint160(0x5BA0000 + i / 10));
+            uint256 bond = i % 10 == 0 ? 0.01 ether : 0; // each owner bonds with its first offer
+            vm.deal(owner, bond);
+            vm.prank(owner);
+            registry.register{value: bond}(MODEL, 0, 1, 1, "http://127.0.0.1:8001");
         }
         vm.warp(_now() + 10 minutes + 1 days + 1);
     }
