@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -104,7 +105,7 @@ class Verifier:
     def commitment_problem(self, hop: HopSession, position: int, tokens: int, hidden_in: torch.Tensor,
                            result: StepResult) -> str | None:
         expected = Expected(hop.node, hop.session_id, position, tokens, self.model_id, (hop.start, hop.end),
-                            codec.encode(hidden_in), codec.encode(result.hidden))
+                            codec.encode(hidden_in), codec.encode(result.hidden), int(time.time()))
         problem = commitment_problem(result.commitment, expected, self.domain)
         if problem is None:
             self.stats.commitments_verified += 1

@@ -21,6 +21,7 @@ from p2pllm.commitments import Commitment, RegistryDomain, is_signed_by, tensor_
 from p2pllm.wire import SignedCommitment
 
 TOLERANCES = {"float32": 1e-4, "bfloat16": 1e-1, "float16": 1e-1}
+MAX_CLOCK_SKEW_S = 300  # a commitment dated further from the client's clock could not serve as a proof in time
 DEFAULT_VERIFY_RATE = 0.02
 
 
@@ -72,6 +73,7 @@ class Expected:
     layers: tuple[int, int]
     input_encoded: bytes
     output_encoded: bytes
+    now: int | None = None  # the client's clock (None: not checked)
 
 
 def commitment_problem(signed: SignedCommitment | None, expected: Expected, domain: RegistryDomain) -> str | None:
@@ -86,6 +88,8 @@ def commitment_problem(signed: SignedCommitment | None, expected: Expected, doma
         ((c.layer_start, c.layer_end) == expected.layers, "commitment names other layers"),
         (c.input_hash == tensor_hash(expected.input_encoded), "commitment's input is not what the hop was sent"),
         (c.output_hash == tensor_hash(expected.output_encoded), "commitment's output is not what the hop returned"),
+        (expected.now is None or abs(c.issued_at - expected.now) <= MAX_CLOCK_SKEW_S,
+         "commitment dated too far from now to be a proof"),
         (is_signed_by(c, domain, signed.signature, expected.node), "commitment not signed by the hop's node"),
     )
     for ok, reason in checks:

@@ -1,8 +1,9 @@
 """`p2pnode`: the node operator's command line, `main(argv) -> int` over the node library.
 
-    p2pnode register --layers 8-16 --price 0.002 --endpoint http://my.host:8000 --dev-account 1
-    p2pnode serve --layers 8-16 --price 0.002 --port 8000 --dev-account 1
+    p2pnode register --layers 8-16 --price 0.002 --endpoint http://my.host:8000 --dev-account 1 [--bond 0.05]
+    p2pnode serve --layers 8-16 --price 0.002 --port 8000 --dev-account 1 [--bond 0.05]
     p2pnode set-price --offer-id 3 --price 0.001 | deregister --offer-id 3 | claim | status [--json]
+    p2pnode bond [--withdraw]                           # the bond and its thaw; --withdraw: request, then withdraw
     p2pnode prune --model smollm2-135m                  # anyone: remove offers expired more than a day ago
 """
 
@@ -25,6 +26,7 @@ from p2pllm.cli_common import (
     CliError,
     add_chain_options,
     connect,
+    format_duration,
     format_eth,
     format_time,
     parse_cpus,
@@ -68,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("--price", type=parse_eth, required=True, help="ETH per token through this range")
     register.add_argument("--model", default=DEFAULT_MODEL, help=f"catalogue name or folder (default {DEFAULT_MODEL})")
     register.add_argument("--endpoint", default="http://127.0.0.1:8000", help="public URL clients will call")
+    register.add_argument("--bond", type=parse_eth, metavar="ETH",
+                          help="ETH to add to this node's bond with the registration (default: what it lacks of the "
+                               "deployment's minimum, 0 once bonded)")
     register.add_argument("--json", action="store_true", help="machine-readable output")
     add_chain_options(register)
 
@@ -117,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="verify the next hop's wss certificate against this CA (default: the system's)")
     serve.add_argument("--no-register", dest="register", action="store_false",
                        help="require an existing offer instead of registering one")
+    serve.add_argument("--bond", type=parse_eth, metavar="ETH",
+                       help="when registering: ETH to add to this node's bond (default: what it lacks of the "
+                            "deployment's minimum, 0 once bonded)")
     serve.add_argument("--auto-price", action="store_true", help="let the pricing agent set the on-chain price")
     serve.add_argument("--auto-price-interval", type=float, default=30.0, help="seconds between pricing steps")
     serve.add_argument("--auto-price-threshold", type=float, default=0.02,
@@ -148,6 +156,17 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--json", action="store_true")
     add_chain_options(prune)
 
+    bond = sub.add_parser("bond", help="this node's bond, its minimum and its withdrawal thaw",
+                          description="Shows the bond this node holds in the registry, the deployment's minimum and "
+                                      "any withdrawal in progress. With --withdraw: requests the withdrawal (the node "
+                                      "must have no offers: deregister them first; registering again cancels it), "
+                                      "or, once the thaw is over, pays the whole bond back. The bond stays "
+                                      "slashable while it thaws.")
+    bond.add_argument("--withdraw", action="store_true",
+                      help="request the withdrawal, or execute it once thawed")
+    bond.add_argument("--json", action="store_true")
+    add_chain_options(bond)
+
     status = sub.add_parser("status", help="offers, receipts, earnings and what clients reserved for this node")
     status.add_argument("--model", default=DEFAULT_MODEL)
     status.add_argument("--data-dir", type=Path, default=Path(".p2pnode"))
@@ -177,11 +196,15 @@ def cmd_register(args: argparse.Namespace) -> int:
         layers = choose_layers_from_registry(chain, args.model, model_hash, args.num_layers, args.price,
                                              args.compute_ms_per_layer)
     start, end = layers
-    offer_id, tx = chain.register_offer(model_hash, start, end, args.price, args.endpoint)
+    bond_wei = chain.missing_bond(chain.address) if args.bond is None else args.bond
+    offer_id, tx = chain.register_offer(model_hash, start, end, args.price, args.endpoint, bond_wei=bond_wei)
+    bond = chain.bond_of(chain.address)
     if args.json:
-        print_json({"offer_id": offer_id, "tx_hash": tx.tx_hash, "layers": [start, end], "price_wei": args.price})
+        print_json({"offer_id": offer_id, "tx_hash": tx.tx_hash, "layers": [start, end], "price_wei": args.price,
+                    "bond_added_wei": bond_wei, "bond_wei": bond})
     else:
         print(f"offer {offer_id}: layers [{start}, {end}) at {format_eth(args.price)}/token, {args.endpoint}")
+        print(f"bond {format_eth(bond)}" + (f" (added {format_eth(bond_wei)})" if bond_wei else ""))
         print(f"tx {tx.tx_hash} (gas {tx.gas_used})")
     return 0
 
@@ -204,7 +227,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         model=args.model, start=args.layers[0], end=args.layers[1], price_wei_per_token=args.price,
         host=args.host, port=args.port, public_url=args.endpoint, device=args.device, dtype=args.dtype,
         data_dir=args.data_dir, budget_tokens=args.budget_tokens, max_session_length=args.max_session_length,
-        credit_wei=args.credit, ledger_sync=args.ledger_sync, register=args.register, threads=args.threads,
+        credit_wei=args.credit, ledger_sync=args.ledger_sync, register=args.register, bond_wei=args.bond,
+        threads=args.threads,
         cpus=args.cpus,
         auto_price=auto, advertised_compute_ms_per_layer=args.advertise_compute_ms,
         min_session_reserve_wei=args.min_session_reserve, tls_cert=args.tls_cert, tls_key=args.tls_key,
@@ -269,6 +293,58 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bond_state(chain: Chain) -> dict:
+    now = chain.block_timestamp()
+    ready_at = chain.bond_withdrawal(chain.address)
+    return {"node": chain.address, "bond_wei": chain.bond_of(chain.address), "min_bond_wei": chain.min_bond(),
+            "offers": chain.offer_count(chain.address), "withdrawal_ready_at": ready_at,
+            "withdrawal_ready": ready_at != 0 and now >= ready_at, "chain_time": now}
+
+
+def _describe_bond(state: dict) -> str:
+    text = f"bond {format_eth(state['bond_wei'])} (minimum {format_eth(state['min_bond_wei'])})"
+    ready_at = state["withdrawal_ready_at"]
+    if ready_at == 0:
+        return text
+    if state["withdrawal_ready"]:
+        return text + f"; withdrawal thawed at {format_time(ready_at)}: `p2pnode bond --withdraw` pays it back"
+    return (text + f"; withdrawal thawing until {format_time(ready_at)} "
+            f"(in {format_duration(ready_at - state['chain_time'])}), slashable until then")
+
+
+def cmd_bond(args: argparse.Namespace) -> int:
+    chain = connect(args)
+    state = _bond_state(chain)
+    action = None
+    if args.withdraw:
+        if state["bond_wei"] == 0:
+            raise CliError(f"{chain.address} holds no bond to withdraw")
+        if state["withdrawal_ready"]:
+            amount, tx = chain.withdraw_bond()
+            action = {"action": "withdrawn", "amount_wei": amount, "tx_hash": tx.tx_hash}
+            message = f"withdrew the bond: {format_eth(amount)} paid to {chain.address} (tx {tx.tx_hash})"
+        elif state["withdrawal_ready_at"]:
+            raise CliError(f"the bond is still thawing until {format_time(state['withdrawal_ready_at'])} (in "
+                           f"{format_duration(state['withdrawal_ready_at'] - state['chain_time'])}); run "
+                           "`p2pnode bond --withdraw` again then")
+        else:
+            if state["offers"]:
+                raise CliError(f"{chain.address} still has {state['offers']} offer(s) in the registry: remove "
+                               "them first (`p2pnode deregister --offer-id ID`), then request the withdrawal")
+            ready_at, tx = chain.request_bond_withdrawal()
+            action = {"action": "requested", "ready_at": ready_at, "tx_hash": tx.tx_hash}
+            message = (f"withdrawal requested (tx {tx.tx_hash}); it thaws until {format_time(ready_at)}, then run "
+                       "`p2pnode bond --withdraw` again. Registering an offer before then cancels it.")
+        state = _bond_state(chain)
+    if args.json:
+        print_json({**state, **({"done": action} if action else {})})
+        return 0
+    if action:
+        print(message)
+    print(f"node {state['node']}: {_describe_bond(state)}; {state['offers']} offer(s) registered")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     chain = connect(args)
     offers = chain.offers_of(chain.address, _model_hash(args.model))
@@ -280,9 +356,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         ledger.close()
     clients = sorted({h.receipt.client for h in held})
     allocations = {c: chain.allocation_of(c, chain.address) for c in clients}
+    bond = _bond_state(chain)
     data = {
         "node": chain.address,
         "balance_wei": chain.eth_balance(chain.address),
+        "bond_wei": bond["bond_wei"],
+        "min_bond_wei": bond["min_bond_wei"],
+        "bond_withdrawal_ready_at": bond["withdrawal_ready_at"],
         "offers": [{"offer_id": o.offer_id, "layers": [o.start, o.end], "price_wei": o.price_wei_per_token,
                     "endpoint": o.endpoint, "expires_at": o.expires_at} for o in offers],
         "receipts": [{"client": h.receipt.client, "session_id": "0x" + h.receipt.session_id.hex(),
@@ -297,6 +377,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print_json(data)
         return 0
     print(f"node {data['node']}  balance {format_eth(data['balance_wei'])}")
+    print(_describe_bond(bond))
     print(f"earned {format_eth(data['earned_wei'])}, unclaimed {format_eth(data['unclaimed_wei'])}\n")
     print_table(["offer", "layers", "price/token", "endpoint"],
                 [(o["offer_id"], f"{o['layers'][0]}-{o['layers'][1]}", format_eth(o["price_wei"]), o["endpoint"])
@@ -313,7 +394,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"register": cmd_register, "serve": cmd_serve, "set-price": cmd_set_price,
-            "deregister": cmd_deregister, "prune": cmd_prune, "claim": cmd_claim, "status": cmd_status}
+            "deregister": cmd_deregister, "bond": cmd_bond, "prune": cmd_prune, "claim": cmd_claim,
+            "status": cmd_status}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -66,6 +66,7 @@ class ServeSettings:
     credit_wei: int = 0
     ledger_sync: str = "normal"
     register: bool = True
+    bond_wei: int | None = None  # added to the bond when registering; None: what it lacks of the minimum
     claim: ClaimPolicy = field(default_factory=ClaimPolicy)
     threads: int | None = None
     cpus: frozenset[int] | None = None
@@ -130,7 +131,7 @@ def ensure_offer(chain: Chain, model_hash: bytes, settings: ServeSettings, endpo
         raise SystemExit(f"no live offer of this node for layers [{settings.start}, {settings.end}) at {endpoint}; "
                          "run `p2pnode register` or drop --no-register")
     offer_id, tx = chain.register_offer(model_hash, settings.start, settings.end, settings.price_wei_per_token,
-                                        endpoint)
+                                        endpoint, bond_wei=settings.bond_wei)
     say(f"registered offer {offer_id} for layers [{settings.start}, {settings.end}) (tx {tx.tx_hash})")
     return chain.get_offer(offer_id)
 

@@ -1,6 +1,6 @@
 """The chain adapter: the only module that imports web3. Typed methods for every OfferRegistry and
-PaymentEscrow call, deployment files, and one-line errors (custom errors decoded with their data).
-Knows nothing about models, HTTP or routing."""
+PaymentEscrow call (offers, bonds and slashing, reservations and claims), deployment files, and one-line errors
+(custom errors decoded with their data). Knows nothing about models, HTTP or routing."""
 
 from __future__ import annotations
 
@@ -21,12 +21,44 @@ from web3 import Web3
 from web3.exceptions import ContractCustomError, ContractLogicError, TimeExhausted, Web3Exception
 
 from p2pllm.artifacts import Artifact, load_artifacts
+from p2pllm.commitments import Commitment, RegistryDomain
 from p2pllm.net import http_client
 from p2pllm.receipts import EscrowDomain, Receipt, address_word
 
 DEFAULT_PAGE = 200
 GAS_HEADROOM = 1.25
 GAS_HEADROOM_FIXED = 25_000
+DEFAULT_MIN_BOND_WEI = 10**16  # 0.01 ETH
+DEFAULT_COMMITMENT_VALIDITY_S = 86400
+DEFAULT_SLASH_REWARD_BPS = 5000
+BOND_THAW_MARGIN_S = 3600  # OfferRegistry.MIN_BOND_THAW_MARGIN
+MAX_BOND_THAW_S = 60 * 86400  # OfferRegistry.MAX_BOND_THAW
+MAX_BOND_WEI = 2**96 - 1
+
+
+def default_bond_thaw_s(thaw_period_s: int, commitment_validity_s: int) -> int:
+    """A bond thaw longer than both the escrow's thaw (itself longer than any receipt's validity) and the
+    commitment validity, by the margin."""
+    return max(thaw_period_s, commitment_validity_s) + BOND_THAW_MARGIN_S
+
+
+def bond_params_problem(min_bond_wei: int, bond_thaw_s: int, commitment_validity_s: int, slash_reward_bps: int,
+                        max_receipt_validity_s: int) -> str | None:
+    """Why the registry (or this deployment's promise that a bond outlives every receipt) would reject these
+    parameters, or None."""
+    if not 0 < min_bond_wei <= MAX_BOND_WEI:
+        return f"the minimum bond must be more than 0 and at most {MAX_BOND_WEI} wei, got {min_bond_wei}"
+    if commitment_validity_s <= 0:
+        return f"the commitment validity must be positive, got {commitment_validity_s} s"
+    floor = max(commitment_validity_s, max_receipt_validity_s) + BOND_THAW_MARGIN_S
+    if not floor <= bond_thaw_s <= MAX_BOND_THAW_S:
+        return (f"the bond thaw must be at least max(commitment validity {commitment_validity_s} s, max receipt "
+                f"validity {max_receipt_validity_s} s) + {BOND_THAW_MARGIN_S} s = {floor} s and at most "
+                f"{MAX_BOND_THAW_S} s, got {bond_thaw_s} s")
+    if not 0 < slash_reward_bps < 10_000:
+        return (f"the slash reward must be 1..9999 basis points (some of a bond is always burned), "
+                f"got {slash_reward_bps}")
+    return None
 
 
 class ChainError(RuntimeError):
@@ -57,6 +89,11 @@ class Deployment:
     thaw_period_s: int
     max_receipt_validity_s: int
     offer_ttl_s: int
+    # Bond parameters; 0 in deployment files written before the registry took bonds.
+    min_bond_wei: int = 0
+    bond_thaw_s: int = 0
+    commitment_validity_s: int = 0
+    slash_reward_bps: int = 0
 
     @classmethod
     def load(cls, path: Path) -> Deployment:
@@ -95,6 +132,20 @@ class TxResult:
     gas_used: int
     block_number: int
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Slash:
+    """A decoded Slashed event: `node` lost its whole bond, `reward_wei` went to `reporter`, `burned_wei` burned."""
+
+    node: str
+    reporter: str
+    reward_wei: int
+    burned_wei: int
+
+    @property
+    def bond_wei(self) -> int:
+        return self.reward_wei + self.burned_wei
 
 
 @dataclass(frozen=True)
@@ -155,6 +206,7 @@ class Chain:
         self._send_lock = threading.Lock()
         self._rpc_lock = threading.Lock()
         self._rpc: httpx.Client | None = None
+        self._min_bond: int | None = None
         self.registry = self.escrow = None
         if deployment is not None:
             self.registry = w3.eth.contract(address=to_checksum_address(deployment.registry),
@@ -218,10 +270,27 @@ class Chain:
 
     # ------------------------------------------------------------------ deploying
     def deploy_contracts(
-        self, network: str, rpc_url: str, thaw_period_s: int, max_receipt_validity_s: int, offer_ttl_s: int
+        self,
+        network: str,
+        rpc_url: str,
+        thaw_period_s: int,
+        max_receipt_validity_s: int,
+        offer_ttl_s: int,
+        min_bond_wei: int = DEFAULT_MIN_BOND_WEI,
+        commitment_validity_s: int = DEFAULT_COMMITMENT_VALIDITY_S,
+        bond_thaw_s: int | None = None,
+        slash_reward_bps: int = DEFAULT_SLASH_REWARD_BPS,
     ) -> Deployment:
-        """Deploy OfferRegistry and PaymentEscrow from the account and return their Deployment."""
-        registry_tx = self._deploy("OfferRegistry", offer_ttl_s)
+        """Deploy OfferRegistry and PaymentEscrow from the account and return their Deployment. The bond thaw
+        defaults to `default_bond_thaw_s`; any thaw must outlast both the commitment and the receipt validity."""
+        if bond_thaw_s is None:
+            bond_thaw_s = default_bond_thaw_s(thaw_period_s, commitment_validity_s)
+        problem = bond_params_problem(min_bond_wei, bond_thaw_s, commitment_validity_s, slash_reward_bps,
+                                      max_receipt_validity_s)
+        if problem is not None:
+            raise ChainError(f"deploy OfferRegistry: {problem}")
+        registry_tx = self._deploy("OfferRegistry", offer_ttl_s, min_bond_wei, bond_thaw_s, commitment_validity_s,
+                                   slash_reward_bps)
         escrow_tx = self._deploy("PaymentEscrow", thaw_period_s, max_receipt_validity_s)
         deployment = Deployment(
             network=network,
@@ -235,6 +304,10 @@ class Chain:
             thaw_period_s=thaw_period_s,
             max_receipt_validity_s=max_receipt_validity_s,
             offer_ttl_s=offer_ttl_s,
+            min_bond_wei=min_bond_wei,
+            bond_thaw_s=bond_thaw_s,
+            commitment_validity_s=commitment_validity_s,
+            slash_reward_bps=slash_reward_bps,
         )
         for address in (deployment.registry, deployment.escrow):
             if len(self.w3.eth.get_code(to_checksum_address(address))) == 0:
@@ -251,10 +324,17 @@ class Chain:
 
     # ------------------------------------------------------------------ registry
     def register_offer(
-        self, model_id: bytes, start: int, end: int, price_wei_per_token: int, endpoint: str
+        self, model_id: bytes, start: int, end: int, price_wei_per_token: int, endpoint: str,
+        bond_wei: int | None = None,
     ) -> tuple[int, TxResult]:
+        """Register an offer, sending `bond_wei` into this node's bond; by default exactly what the bond lacks of
+        the registry's minimum (0 once bonded). Registering cancels a pending bond withdrawal."""
+        if bond_wei is None:
+            bond_wei = self.missing_bond(self.address)
+        if bond_wei < 0:
+            raise ValueError(f"bond_wei must not be negative, got {bond_wei}")
         result = self._tx(self._registry().functions.register(model_id, start, end, price_wei_per_token, endpoint),
-                          "register offer")
+                          "register offer", value=bond_wei)
         offer_id = next(args["offerId"] for name, args in result.events if name == "OfferRegistered")
         return int(offer_id), result
 
@@ -301,6 +381,72 @@ class Chain:
 
     def offer_ttl_s(self) -> int:
         return int(self._call(self._registry().functions.offerTtl()))
+
+    def offer_count(self, node: str) -> int:
+        """How many offers `node` has registered (live, or expired and not yet pruned)."""
+        return int(self._call(self._registry().functions.offerCount(to_checksum_address(node))))
+
+    # ------------------------------------------------------------------ bonds and slashing
+    def min_bond(self) -> int:
+        """The least bond (wei) a node must hold after registering (a deploy-time constant)."""
+        if self._min_bond is None:
+            self._min_bond = int(self._call(self._registry().functions.minBond()))
+        return self._min_bond
+
+    def bond_of(self, node: str) -> int:
+        """The bond `node` holds, thawing or not (wei)."""
+        return int(self._call(self._registry().functions.bondOf(to_checksum_address(node))))
+
+    def missing_bond(self, node: str) -> int:
+        """What `node` must add to its bond to reach the minimum (0 when it has)."""
+        return max(self.min_bond() - self.bond_of(node), 0)
+
+    def bond_withdrawal(self, node: str) -> int:
+        """When `node`'s requested bond withdrawal unlocks (a timestamp); 0 when none is pending."""
+        return int(self._call(self._registry().functions.bondWithdrawal(to_checksum_address(node))))
+
+    def bond_periods(self) -> tuple[int, int, int]:
+        """(bondThaw, commitmentValidity, slashRewardBps) of the registry."""
+        registry = self._registry()
+        return (int(self._call(registry.functions.bondThaw())),
+                int(self._call(registry.functions.commitmentValidity())),
+                int(self._call(registry.functions.slashRewardBps())))
+
+    def request_bond_withdrawal(self) -> tuple[int, TxResult]:
+        """Start the thaw of this node's whole bond (it must have no offers); returns when it unlocks."""
+        result = self._tx(self._registry().functions.requestBondWithdrawal(), "request bond withdrawal")
+        ready_at = next(args["readyAt"] for name, args in result.events if name == "BondWithdrawalRequested")
+        return int(ready_at), result
+
+    def withdraw_bond(self) -> tuple[int, TxResult]:
+        """Pay this node's thawed bond back to it; returns the amount."""
+        result = self._tx(self._registry().functions.withdrawBond(), "withdraw bond")
+        amount = next(args["amount"] for name, args in result.events if name == "BondWithdrawn")
+        return int(amount), result
+
+    def slash(self, commitment_a: Commitment, sig_a: bytes, commitment_b: Commitment, sig_b: bytes
+              ) -> tuple[Slash, TxResult]:
+        """Submit two conflicting commitments signed by one node: its bond goes, part of it to this account."""
+        fn = self._registry().functions.slash(commitment_a.as_tuple(), bytes(sig_a), commitment_b.as_tuple(),
+                                              bytes(sig_b))
+        result = self._tx(fn, "slash")
+        args = next(args for name, args in result.events if name == "Slashed")
+        return Slash(to_checksum_address(args["node"]), to_checksum_address(args["reporter"]), int(args["reward"]),
+                     int(args["burned"])), result
+
+    def proof_used(self, commitment_a: Commitment, commitment_b: Commitment) -> bool:
+        """Whether this pair (in either order) has already slashed its node."""
+        domain = self.registry_domain()
+        fn = self._registry().functions.proofUsed(commitment_a.digest(domain), commitment_b.digest(domain))
+        return bool(self._call(fn))
+
+    def registry_domain(self) -> RegistryDomain:
+        """The EIP-712 domain nodes sign commitments in: this chain and this registry."""
+        return RegistryDomain(self.chain_id, self._registry().address)
+
+    def commitment_digest(self, commitment: Commitment) -> bytes:
+        """The registry's own digest of a commitment (for checks; `Commitment.digest` computes it locally)."""
+        return bytes(self._call(self._registry().functions.commitmentDigest(commitment.as_tuple())))
 
     # ------------------------------------------------------------------ escrow
     def escrow_domain(self) -> EscrowDomain:

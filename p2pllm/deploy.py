@@ -3,6 +3,7 @@
 
     p2pllm-deploy --network anvil                                  # local anvil, dev account 0
     p2pllm-deploy --network sepolia --rpc-url URL --keystore key.json
+    p2pllm-deploy --network anvil --min-bond 0.1 --commitment-validity 3600 --slash-reward-bps 2500
     python scripts/deploy.py --network anvil                       # the same from a checkout, rebuilding the
                                                                    # artifacts first if contracts/src changed
 """
@@ -14,7 +15,16 @@ import sys
 from pathlib import Path
 
 from p2pllm.artifacts import ArtifactError
-from p2pllm.chain import Chain, ChainError
+from p2pllm.chain import (
+    DEFAULT_COMMITMENT_VALIDITY_S,
+    DEFAULT_MIN_BOND_WEI,
+    DEFAULT_SLASH_REWARD_BPS,
+    Chain,
+    ChainError,
+    bond_params_problem,
+    default_bond_thaw_s,
+)
+from p2pllm.cli_common import format_eth, parse_eth
 from p2pllm.deployments import candidate_paths, default_output_dir, user_data_dir
 from p2pllm.keys import ANVIL_CHAIN_ID, KeyError_, KeySource, load_account
 
@@ -38,6 +48,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="latest receipt deadline from claim time, s (default 1 day; the thaw must exceed it by "
                              "at least an hour)")
     parser.add_argument("--offer-ttl", type=int, default=600, help="offer lifetime without heartbeat, s (default 600)")
+    parser.add_argument("--min-bond", type=parse_eth, default=DEFAULT_MIN_BOND_WEI, metavar="ETH",
+                        help=f"least bond a node must hold to register offers (default "
+                             f"{format_eth(DEFAULT_MIN_BOND_WEI)})")
+    parser.add_argument("--commitment-validity", type=int, default=DEFAULT_COMMITMENT_VALIDITY_S, metavar="S",
+                        help="how long after it is issued a node's signed commitment can still prove equivocation, "
+                             f"s (default {DEFAULT_COMMITMENT_VALIDITY_S})")
+    parser.add_argument("--bond-thaw", type=int, metavar="S",
+                        help="how long a bond withdrawal thaws, s; at least max(--commitment-validity, "
+                             "--max-receipt-validity) + 3600 (default: max(--thaw-period, --commitment-validity) "
+                             "+ 3600)")
+    parser.add_argument("--slash-reward-bps", type=int, default=DEFAULT_SLASH_REWARD_BPS, metavar="N",
+                        help="share of a slashed bond paid to the reporter, basis points 1-9999; the rest is burned "
+                             f"(default {DEFAULT_SLASH_REWARD_BPS})")
     parser.add_argument("--out-dir", type=Path,
                         help="where to write <network>.json (default: ./deployments; --user: the per-user directory)")
     parser.add_argument("--user", action="store_true",
@@ -66,6 +89,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: need 0 < --max-receipt-validity and --max-receipt-validity + {MIN_THAW_MARGIN_S} <= "
               f"--thaw-period <= {MAX_THAW_S}", file=sys.stderr)
         return 2
+    bond_thaw = args.bond_thaw if args.bond_thaw is not None else default_bond_thaw_s(thaw, args.commitment_validity)
+    problem = bond_params_problem(args.min_bond, bond_thaw, args.commitment_validity, args.slash_reward_bps, validity)
+    if problem is not None:
+        print(f"error: --min-bond/--bond-thaw/--commitment-validity/--slash-reward-bps: {problem}", file=sys.stderr)
+        return 2
     dev = args.dev_account
     if dev is None and is_anvil and not (args.keystore or args.private_key_env):
         dev = 0
@@ -79,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"deploying from {account.address} to chain {chain.chain_id} at {rpc_url} ...", file=sys.stderr)
         deployment = chain.deploy_contracts(
-            args.network, rpc_url, args.thaw_period, args.max_receipt_validity, args.offer_ttl
+            args.network, rpc_url, args.thaw_period, args.max_receipt_validity, args.offer_ttl,
+            min_bond_wei=args.min_bond, commitment_validity_s=args.commitment_validity, bond_thaw_s=bond_thaw,
+            slash_reward_bps=args.slash_reward_bps,
         )
     except (ChainError, ArtifactError, KeyError_) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -89,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     deployment.save(path)
     print(f"OfferRegistry  {deployment.registry}")
     print(f"PaymentEscrow  {deployment.escrow}")
+    print(f"bond: at least {format_eth(deployment.min_bond_wei)}, thaws {deployment.bond_thaw_s} s; commitments "
+          f"slashable for {deployment.commitment_validity_s} s; reporter gets {deployment.slash_reward_bps / 100:g} %")
     print(f"chain id {deployment.chain_id}, block {deployment.deploy_block}, written to {path}")
     return 0
 

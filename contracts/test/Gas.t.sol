@@ -133,10 +133,13 @@ contract PruneGasTest is GasMeter {
 
     function setUp() public override {
         super.setUp();
-        registry = new OfferRegistry(10 minutes);
+        registry = new OfferRegistry(10 minutes, 0.01 ether, 2 days, 1 days, 5_000);
         for (uint256 i; i < 200; ++i) {
-            vm.prank(address(uint160(0x5BA0000 + i / 10)));
-            registry.register(MODEL, 0, 1, 1, "http://127.0.0.1:8001");
+            address owner = address(uint160(0x5BA0000 + i / 10));
+            uint256 bond = i % 10 == 0 ? 0.01 ether : 0; // each owner bonds with its first offer
+            vm.deal(owner, bond);
+            vm.prank(owner);
+            registry.register{value: bond}(MODEL, 0, 1, 1, "http://127.0.0.1:8001");
         }
         vm.warp(_now() + 10 minutes + 1 days + 1);
     }
@@ -152,5 +155,73 @@ contract PruneGasTest is GasMeter {
         console.log("prune gas per offer (marginal, before refunds)", (all - one) / 199);
         console.log("prune gas per offer of 200, after the refund (capped at 1/5)", (all - all / 5) / 200);
         assertLe((all - one) / 199, 40_000, "prune per offer");
+    }
+}
+
+/// @notice Gas of bonded registration and of slashing: a fresh node's first offer with its bond (into a model that
+///         already has an offer), a bonded node's next offer, and slashes of a node with 1 and with 16 offers.
+contract BondGasTest is GasMeter {
+    bytes32 internal constant MODEL = keccak256("model");
+    uint256 internal constant NODE_KEY = 0xB0B1;
+    OfferRegistry internal registry;
+    address internal bonded;
+    address internal reporter = address(0x4E90);
+
+    function setUp() public override {
+        super.setUp();
+        registry = new OfferRegistry(10 minutes, 0.01 ether, 2 days, 1 days, 5_000);
+        vm.deal(address(0x0FFE), 1 ether);
+        vm.prank(address(0x0FFE));
+        registry.register{value: 0.01 ether}(MODEL, 0, 10, 1, "http://127.0.0.1:9000");
+        bonded = vm.addr(NODE_KEY);
+        vm.deal(bonded, 1 ether);
+        vm.deal(reporter, 1);
+    }
+
+    function test_gas_registerBonded() public {
+        bytes memory data = abi.encodeCall(registry.register, (MODEL, 10, 20, 2e12, "http://127.0.0.1:9001"));
+        vm.prank(bonded);
+        registry.register{value: 0.01 ether}(MODEL, 10, 20, 2e12, "http://127.0.0.1:9001");
+        uint256 first = _report("register, first offer with its bond", data);
+        vm.cool(address(registry));
+        vm.prank(bonded);
+        registry.register(MODEL, 10, 20, 2e12, "http://127.0.0.1:9001");
+        uint256 next = _report("register, a bonded node's next offer", data);
+        assertLe(first, 205_000, "bonded registration stays near the unbonded one (194,990 before bonds)");
+        assertLe(next, 205_000, "next offer");
+    }
+
+    function test_gas_slashOneAndSixteenOffers() public {
+        uint256 one = _slash(1);
+        uint256 sixteen = _slash(16);
+        console.log("slash gas per removed offer (marginal)", (sixteen - one) / 15);
+        assertLe(one, 150_000, "slash, 1 offer");
+        assertLe(sixteen, 600_000, "slash, 16 offers (bounded by MAX_OFFERS_PER_NODE)");
+    }
+
+    function _slash(uint256 offers) internal returns (uint256 txGas) {
+        uint256 snapshot = vm.snapshotState();
+        for (uint256 i; i < offers; ++i) {
+            vm.prank(bonded);
+            registry.register{value: i == 0 ? 0.01 ether : 0}(MODEL, 10, 20, 2e12, "http://127.0.0.1:9001");
+        }
+        OfferRegistry.Commitment memory a = OfferRegistry.Commitment(
+            keccak256("s"), 12, 1, keccak256("in"), keccak256("a"), MODEL, 10, 20, uint64(_now())
+        );
+        OfferRegistry.Commitment memory b = OfferRegistry.Commitment(
+            keccak256("s"), 12, 1, keccak256("in"), keccak256("b"), MODEL, 10, 20, uint64(_now())
+        );
+        (uint8 v, bytes32 r, bytes32 s) = vm.sign(NODE_KEY, registry.commitmentDigest(a));
+        bytes memory sigA = abi.encodePacked(r, s, v);
+        (v, r, s) = vm.sign(NODE_KEY, registry.commitmentDigest(b));
+        bytes memory sigB = abi.encodePacked(r, s, v);
+        vm.cool(address(registry));
+        vm.prank(reporter);
+        registry.slash(a, sigA, b, sigB);
+        txGas = _report(
+            offers == 1 ? "slash, node with 1 offer" : "slash, node with 16 offers",
+            abi.encodeCall(registry.slash, (a, sigA, b, sigB))
+        );
+        vm.revertToStateAndDelete(snapshot);
     }
 }

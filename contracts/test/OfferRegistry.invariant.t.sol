@@ -4,16 +4,37 @@ pragma solidity 0.8.30;
 import {Test} from "./utils/Test.sol";
 import {OfferRegistry} from "../src/OfferRegistry.sol";
 
-/// @notice Random owner actions, stranger prunes and tampering, time and a paging reader, with ghosts of every offer.
+/// @notice Random owner actions, stranger prunes and tampering, time and a paging reader, with ghosts of every offer;
+///         bonds paid with registrations, withdrawals requested and executed, and slashes with conflicting
+///         commitments signed by the nodes' own keys (vm.sign), with ghost totals of every wei in and out.
 contract RegistryHandler is Test {
     uint256 public constant NODES = 3;
     uint256 public constant MODELS = 2;
     address public constant STRANGER = address(0xBAD);
+    address public constant REPORTER = address(0x4E90);
 
     OfferRegistry public immutable registry;
     uint64 public immutable ttl;
     bytes32[MODELS] public models = [keccak256("model"), keccak256("other")];
-    address[NODES] public nodes = [address(0x1001), address(0x1002), address(0x1003)];
+    uint256[NODES] internal keys = [uint256(0xA11CE1), 0xA11CE2, 0xA11CE3];
+    address[NODES] public nodes;
+
+    // bond ghosts: every wei paid in, withdrawn, rewarded and burned
+    mapping(address node => uint256) public ghostBond;
+    uint256 public ghostBondedIn;
+    uint256 public ghostWithdrawn;
+    uint256 public ghostRewarded;
+    uint256 public ghostBurned;
+    uint256 public burnedBefore;
+    uint256 public slashes;
+    uint256 public withdrawals;
+    bytes32 internal lastDigestA;
+    bytes32 internal lastDigestB;
+    OfferRegistry.Commitment internal lastA;
+    OfferRegistry.Commitment internal lastB;
+    bytes internal lastSigA;
+    bytes internal lastSigB;
+    uint256 internal sessionNonce;
 
     /// @dev The registered offers (live, or expired and not pruned), in no particular order.
     uint256[] public ids;
@@ -41,10 +62,17 @@ contract RegistryHandler is Test {
     bool public pagerDuplicate;
     bool public pagerStale;
     bool public pagerMissed;
+    bool public bondEscaped;
+    bool public slashWrong;
+    bool public replayAccepted;
 
     constructor(OfferRegistry registry_) {
         registry = registry_;
         ttl = registry_.offerTtl();
+        for (uint256 i; i < NODES; ++i) {
+            nodes[i] = vm.addr(keys[i]);
+        }
+        burnedBefore = address(0).balance;
     }
 
     modifier observed() {
@@ -179,9 +207,104 @@ contract RegistryHandler is Test {
         vm.warp(_now() + bound(secondsAhead, 1, 30 hours));
     }
 
+    /// A node removes every offer it has, then asks for its bond back; a request with offers must revert.
+    function requestBondWithdrawal(uint256 who, uint256 removeFirst) external observed {
+        address node = nodes[who % NODES];
+        if (removeFirst % 2 == 0) {
+            for (uint256 i = ids.length; i > 0; --i) {
+                uint256 id = ids[i - 1];
+                if (ghostOwner[id] != node) continue;
+                vm.prank(node);
+                registry.remove(id);
+                _forget(i - 1);
+            }
+        }
+        vm.prank(node);
+        try registry.requestBondWithdrawal() {
+            if (registry.offerCount(node) != 0 || ghostBond[node] == 0) bondEscaped = true;
+        } catch {
+            if (registry.offerCount(node) == 0 && ghostBond[node] != 0) bondEscaped = true; // wrongly refused
+        }
+    }
+
+    /// A node withdraws its bond (half the time after waiting out a pending thaw, to the second or later): it
+    /// must succeed exactly when a request has thawed.
+    function withdrawBond(uint256 who, uint256 wait) external observed {
+        address node = nodes[who % NODES];
+        uint64 readyAt = registry.bondWithdrawal(node);
+        if (wait % 2 == 0 && readyAt > _now()) vm.warp(uint256(readyAt) - 1 + bound(wait >> 1, 0, 2));
+        uint256 before = node.balance;
+        vm.prank(node);
+        try registry.withdrawBond() returns (uint256 amount) {
+            if (readyAt == 0 || _now() < readyAt || amount != ghostBond[node] || node.balance != before + amount) {
+                bondEscaped = true;
+            }
+            ghostWithdrawn += amount;
+            ghostBond[node] = 0;
+            ++withdrawals;
+        } catch {
+            if (readyAt != 0 && _now() >= readyAt) bondEscaped = true; // a thawed withdrawal was refused
+        }
+    }
+
+    /// The reporter slashes a node with two fresh conflicting commitments it signed; the whole bond goes, the
+    /// reward is exact, the node's offers are gone. With no bond the slash must revert.
+    function slash(uint256 who, uint256 age, bytes32 inputHash) external observed {
+        uint256 index = who % NODES;
+        address node = nodes[index];
+        uint64 issuedAt = uint64(_now() - bound(age, 0, registry.commitmentValidity()));
+        OfferRegistry.Commitment memory a = OfferRegistry.Commitment(
+            bytes32(++sessionNonce), 7, 1, inputHash, keccak256("out-a"), models[0], 0, 4, issuedAt
+        );
+        OfferRegistry.Commitment memory b = OfferRegistry.Commitment(
+            a.sessionId, 7, 1, inputHash, keccak256("out-b"), models[0], 0, 4, issuedAt
+        );
+        bytes32 digestA = registry.commitmentDigest(a);
+        bytes32 digestB = registry.commitmentDigest(b);
+        bytes memory sigA = _sign(keys[index], digestA);
+        bytes memory sigB = _sign(keys[index], digestB);
+        uint256 bond = ghostBond[node];
+        uint256 reporterBefore = REPORTER.balance;
+        vm.prank(REPORTER);
+        try registry.slash(a, sigA, b, sigB) returns (address slashed, uint256 reward, uint256 burned) {
+            if (bond == 0 || slashed != node || reward != bond * registry.slashRewardBps() / 10_000
+                    || reward + burned != bond || REPORTER.balance != reporterBefore + reward
+                    || registry.offerCount(node) != 0 || registry.bondOf(node) != 0) {
+                slashWrong = true;
+            }
+            ghostRewarded += reward;
+            ghostBurned += burned;
+            ghostBond[node] = 0;
+            ++slashes;
+            for (uint256 i = ids.length; i > 0; --i) {
+                if (ghostOwner[ids[i - 1]] == node) _forget(i - 1);
+            }
+            (lastA, lastB, lastSigA, lastSigB) = (a, b, sigA, sigB);
+            (lastDigestA, lastDigestB) = (digestA, digestB);
+        } catch {
+            if (bond != 0) slashWrong = true; // a valid proof against a bonded node was refused
+        }
+    }
+
+    /// Anyone replays the latest successful proof (either order), whatever the node did since: it must revert.
+    function replaySlash(uint256 swap) external observed {
+        if (lastDigestA == bytes32(0)) return;
+        if (!registry.proofUsed(lastDigestB, lastDigestA)) replayAccepted = true;
+        vm.prank(STRANGER);
+        if (swap % 2 == 0) {
+            try registry.slash(lastA, lastSigA, lastB, lastSigB) {
+                replayAccepted = true;
+            } catch {}
+        } else {
+            try registry.slash(lastB, lastSigB, lastA, lastSigA) {
+                replayAccepted = true;
+            } catch {}
+        }
+    }
+
     /// @dev Repeated selectors weigh the fuzzer's choice: registrations, prunes and page reads are frequent.
     function selectors() external pure returns (bytes4[] memory out) {
-        out = new bytes4[](12);
+        out = new bytes4[](17);
         out[0] = this.register.selector;
         out[1] = this.registerMany.selector;
         out[2] = this.registerMany.selector;
@@ -194,6 +317,16 @@ contract RegistryHandler is Test {
         out[9] = this.readPage.selector;
         out[10] = this.readPage.selector;
         out[11] = this.warp.selector;
+        out[12] = this.requestBondWithdrawal.selector;
+        out[13] = this.withdrawBond.selector;
+        out[14] = this.slash.selector;
+        out[15] = this.replaySlash.selector;
+        out[16] = this.warp.selector;
+    }
+
+    function _sign(uint256 key, bytes32 digest) internal pure returns (bytes memory) {
+        (uint8 v, bytes32 r, bytes32 sig) = vm.sign(key, digest);
+        return abi.encodePacked(r, sig, v);
     }
 
     function _register(uint256 who, uint256 model, uint16 start, uint16 len, uint256 price) internal {
@@ -202,8 +335,14 @@ contract RegistryHandler is Test {
         model %= MODELS;
         start = uint16(bound(start, 0, 100));
         len = uint16(bound(len, 1, 30));
+        uint256 minBond = registry.minBond();
+        uint256 value = ghostBond[node] >= minBond ? 0 : minBond - ghostBond[node];
+        if (price % 4 == 0) value += bound(price >> 8, 0, 1 ether); // sometimes more than the minimum
+        vm.deal(node, node.balance + value);
         vm.prank(node);
-        uint256 id = registry.register(models[model], start, start + len, price, "http://n");
+        uint256 id = registry.register{value: value}(models[model], start, start + len, price, "http://n");
+        ghostBond[node] += value;
+        ghostBondedIn += value;
         ids.push(id);
         ghostOwner[id] = node;
         ghostPrice[id] = price;
@@ -240,10 +379,31 @@ contract OfferRegistryInvariantTest is Test {
 
     function setUp() public {
         vm.warp(1_700_000_000);
-        registry = new OfferRegistry(30 minutes);
+        registry = new OfferRegistry(30 minutes, 0.01 ether, 2 days, 1 days, 5_000);
         handler = new RegistryHandler(registry);
         targetContract(address(handler));
         targetSelector(FuzzSelector(address(handler), handler.selectors()));
+    }
+
+    /// The registry holds exactly the sum of its bonds: every wei paid in was withdrawn, rewarded, burned or is
+    /// still a bond, and each bond equals its ghost.
+    function invariant_balanceEqualsSumOfBonds() public view {
+        uint256 bonds;
+        for (uint256 i; i < handler.NODES(); ++i) {
+            address node = handler.nodes(i);
+            assertEq(registry.bondOf(node), handler.ghostBond(node), "bond != ghost");
+            bonds += registry.bondOf(node);
+        }
+        assertEq(address(registry).balance, bonds, "registry balance != sum of bonds");
+        assertEq(
+            handler.ghostBondedIn(),
+            bonds + handler.ghostWithdrawn() + handler.ghostRewarded() + handler.ghostBurned(),
+            "in != bonds + withdrawn + rewarded + burned"
+        );
+        assertEq(address(0).balance - handler.burnedBefore(), handler.ghostBurned(), "burned reached address(0)");
+        assertFalse(handler.bondEscaped(), "a bond left early, or a due withdrawal was refused");
+        assertFalse(handler.slashWrong(), "a slash paid wrongly, or a valid one was refused");
+        assertFalse(handler.replayAccepted(), "a used proof slashed again");
     }
 
     function invariant_listLengthsMatchCountsAndGhosts() public view {

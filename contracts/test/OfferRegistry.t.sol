@@ -28,13 +28,13 @@ contract OfferRegistryTest is RegistryFixture {
 
     function test_ttlBounds() public {
         vm.expectRevert(abi.encodeWithSelector(OfferRegistry.Registry__BadTtl.selector, uint64(0), uint64(1 days)));
-        new OfferRegistry(0);
+        _newRegistry(0);
         vm.expectRevert(
             abi.encodeWithSelector(OfferRegistry.Registry__BadTtl.selector, uint64(1 days + 1), uint64(1 days))
         );
-        new OfferRegistry(1 days + 1);
-        assertEq(new OfferRegistry(1).offerTtl(), 1, "1 s");
-        assertEq(new OfferRegistry(1 days).offerTtl(), 1 days, "1 day");
+        _newRegistry(1 days + 1);
+        assertEq(_newRegistry(1).offerTtl(), 1, "1 s");
+        assertEq(_newRegistry(1 days).offerTtl(), 1 days, "1 day");
         assertEq(registry.PRUNE_DELAY(), 1 days, "prune delay");
         assertEq(registry.MAX_PAGE(), 200, "max page");
         assertEq(registry.MAX_OFFERS_PER_NODE(), 16, "cap");
@@ -57,8 +57,9 @@ contract OfferRegistryTest is RegistryFixture {
         for (uint256 i; i < 256; ++i) {
             longest[i] = "a";
         }
+        uint256 due = _due(node);
         vm.prank(node);
-        registry.register(MODEL, 0, 5, 1, string(longest));
+        registry.register{value: due}(MODEL, 0, 5, 1, string(longest));
         vm.prank(node);
         vm.expectRevert(abi.encodeWithSelector(OfferRegistry.Registry__EndpointTooLong.selector, 257, 256));
         registry.register(MODEL, 0, 5, 1, string.concat(string(longest), "a"));

@@ -19,8 +19,9 @@ contract OfferRegistryAttacksTest is RegistryFixture {
     ///      offers from honest nodes. Returns the live offers' ids.
     function _spamThenLive(uint256 live) internal returns (uint256[] memory liveIds) {
         for (uint256 s; s < SPAMMERS; ++s) {
+            _register(_spammer(s), 0, 1, 1); // bonds; the other nine ride on it
             vm.startPrank(_spammer(s));
-            for (uint256 k; k < PER_SPAMMER; ++k) {
+            for (uint256 k = 1; k < PER_SPAMMER; ++k) {
                 registry.register(MODEL, 0, 1, 1, "http://spam");
             }
             vm.stopPrank();
@@ -124,7 +125,7 @@ contract OfferRegistryAttacksTest is RegistryFixture {
     // Guard: removed/pruned offers keep modelId and links: a held cursor survives removals before, at and after it.
     function test_attack_pagerSurvivesRemovalsAndPrunesAroundItsCursor() public {
         vm.warp(1_700_000_000);
-        registry = new OfferRegistry(1 days);
+        registry = _newRegistry(1 days);
         address[10] memory owners;
         for (uint256 i; i < 10; ++i) {
             owners[i] = address(uint160(0x700 + i));
@@ -172,7 +173,7 @@ contract OfferRegistryAttacksTest is RegistryFixture {
     // Guard: same, when the reader's cursor offer is pruned and so is the offer after it.
     function test_attack_pagerSurvivesPruningOfItsCursorAndSuccessor() public {
         vm.warp(1_700_000_000);
-        registry = new OfferRegistry(1 days);
+        registry = _newRegistry(1 days);
         for (uint256 i; i < 6; ++i) {
             _register(address(uint160(0x700 + i)), 0, 1, i); // ids 1..6
         }

@@ -67,7 +67,8 @@ def _signed(key: bytes, output: bytes = b"out", **changes: object) -> tuple[Sign
     commitment = Commitment(SESSION, 5, 2, tensor_hash(codec.encode(hidden_in)), tensor_hash(out_bytes), MODEL, 0,
                             10, 1_700_000_000)
     commitment = dataclasses.replace(commitment, **changes)
-    expected = Expected(NODE, SESSION, 5, 2, MODEL, (0, 10), codec.encode(hidden_in), codec.encode(hidden_out))
+    expected = Expected(NODE, SESSION, 5, 2, MODEL, (0, 10), codec.encode(hidden_in), codec.encode(hidden_out),
+                        1_700_000_000)
     return SignedCommitment(commitment, sign_commitment(commitment, DOMAIN, key)), expected
 
 
@@ -81,6 +82,8 @@ def _signed(key: bytes, output: bytes = b"out", **changes: object) -> tuple[Sign
     ({"input_hash": b"\x00" * 32}, KEY, "input is not"),
     ({"output_hash": b"\x00" * 32}, KEY, "output is not"),
     ({}, OTHER_KEY, "not signed by"),
+    ({"issued_at": 1_700_000_000 + 301}, KEY, "too far from now"),
+    ({"issued_at": 1_700_000_000 - 301}, KEY, "too far from now"),
 ])
 def test_commitment_problems(changes: dict, key: bytes, reason: str | None) -> None:
     signed, expected = _signed(key, **changes)

@@ -52,3 +52,45 @@ def test_prune_removes_only_long_expired_offers(dev_chain, tiny_llama_source, tm
     assert owner.offer_count_by_model(model) == 1 and owner.offers_of(owner.address, model) == []
     assert p2pnode(["prune", *common, "--batch", "201"]) == 1
     assert "--batch must be in 1..200" in capsys.readouterr().err
+
+
+def test_register_bond_and_withdrawal(dev_chain, tiny_llama_source, tmp_path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """`p2pnode register` pays the missing bond by default (or --bond), `status` and `bond` show it, and
+    `bond --withdraw` refuses while offers remain, requests, refuses while thawing, then pays the bond back."""
+    import json
+
+    deployment = tmp_path / "deployment.json"
+    dev_chain.deployment.save(deployment)
+    chain = dev_chain.as_account(4)
+    common = ["--deployment", str(deployment), "--dev-account", "4"]
+    model = ["--model", str(tiny_llama_source.path)]
+    assert p2pnode(["register", "--layers", "0-4", "--price", "0.000001", *model, *common, "--json"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert (first["bond_added_wei"], first["bond_wei"]) == (10**16, 10**16)
+    assert p2pnode(["register", "--layers", "4-8", "--price", "0.000001", *model, *common, "--bond", "0.005"]) == 0
+    out = capsys.readouterr().out
+    assert "bond 0.015 ETH (added 0.005 ETH)" in out
+    assert p2pnode(["register", "--layers", "4-8", "--price", "0.000001", *model, *common, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["bond_added_wei"] == 0
+    assert p2pnode(["status", *model, *common]) == 0
+    assert "bond 0.015 ETH (minimum 0.01 ETH)" in capsys.readouterr().out
+
+    assert p2pnode(["bond", "--withdraw", *common]) == 1
+    assert "still has 3 offer(s) in the registry: remove them first" in capsys.readouterr().err
+    for offer_id in (first["offer_id"], first["offer_id"] + 1, first["offer_id"] + 2):
+        chain.remove_offer(offer_id)
+    assert p2pnode(["bond", "--withdraw", *common]) == 0
+    out = capsys.readouterr().out
+    assert "withdrawal requested" in out and "withdrawal thawing until" in out
+    assert p2pnode(["bond", "--withdraw", *common]) == 1
+    assert "still thawing until" in capsys.readouterr().err
+    dev_chain.increase_time(dev_chain.deployment.bond_thaw_s)
+    assert p2pnode(["bond", *common, "--json"]) == 0
+    state = json.loads(capsys.readouterr().out)
+    assert state["withdrawal_ready"] and state["bond_wei"] == 15 * 10**15 and state["offers"] == 0
+    assert p2pnode(["bond", "--withdraw", *common]) == 0
+    assert "withdrew the bond: 0.015 ETH paid to" in capsys.readouterr().out
+    assert chain.bond_of(chain.address) == 0
+    assert p2pnode(["bond", "--withdraw", *common]) == 1
+    assert "holds no bond to withdraw" in capsys.readouterr().err

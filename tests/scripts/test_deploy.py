@@ -92,3 +92,44 @@ def test_thaw_bounds(tmp_path) -> None:
                       "--max-receipt-validity", validity, "--out-dir", str(tmp_path))
         assert result.returncode == 2
         assert "--thaw-period <= 2592000" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bond_parameters_reach_the_registry(anvil: Anvil, tmp_path, capsys) -> None:
+    from p2pllm.deploy import main as deploy_main
+
+    assert deploy_main(["--network", "anvil", "--rpc-url", anvil.rpc_url, "--out-dir", str(tmp_path),
+                        "--min-bond", "0.5", "--commitment-validity", "3600", "--bond-thaw", "200000",
+                        "--slash-reward-bps", "2500"]) == 0
+    assert "bond: at least 0.5 ETH, thaws 200000 s" in capsys.readouterr().out
+    deployment = Deployment.load(tmp_path / "anvil.json")
+    assert (deployment.min_bond_wei, deployment.commitment_validity_s, deployment.bond_thaw_s,
+            deployment.slash_reward_bps) == (5 * 10**17, 3600, 200000, 2500)
+    chain = Chain.connect(anvil.rpc_url, deployment=deployment)
+    assert (chain.min_bond(), *chain.bond_periods()) == (5 * 10**17, 200000, 3600, 2500)
+    assert deploy_main(["--network", "anvil", "--rpc-url", anvil.rpc_url, "--out-dir", str(tmp_path)]) == 0
+    defaults = Deployment.load(tmp_path / "anvil.json")
+    assert (defaults.min_bond_wei, defaults.commitment_validity_s, defaults.bond_thaw_s,
+            defaults.slash_reward_bps) == (10**16, 86400, 2 * 86400 + 3600, 5000)
+
+
+def test_bond_parameter_bounds(tmp_path, capsys) -> None:
+    from p2pllm.deploy import main as deploy_main
+
+    cases = [
+        (["--min-bond", "0"], "minimum bond must be more than 0"),
+        (["--commitment-validity", "0"], "commitment validity must be positive"),
+        (["--bond-thaw", "89999"], "bond thaw must be at least"),  # < 1 day validity + 1 h
+        (["--max-receipt-validity", "172800", "--thaw-period", "180000", "--bond-thaw", "90000",
+          "--commitment-validity", "3600"], "max receipt validity 172800 s"),  # outlives commitments, not receipts
+        (["--bond-thaw", str(61 * 86400)], "at most 5184000 s"),
+        (["--slash-reward-bps", "10000"], "1..9999 basis points"),
+        (["--slash-reward-bps", "0"], "1..9999 basis points"),
+    ]
+    for extra, fragment in cases:
+        code = deploy_main(["--network", "anvil", "--rpc-url", "http://127.0.0.1:1", "--out-dir", str(tmp_path),
+                            *extra])
+        err = capsys.readouterr().err
+        assert code == 2, (extra, err)
+        lines = [line for line in err.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and fragment in lines[0], (extra, err)
+    assert not (tmp_path / "anvil.json").exists()
