@@ -158,7 +158,8 @@ def measure_gas() -> dict[str, int]:
         other = Commitment(honest.session_id, 7, 1, honest.input_hash, os.urandom(32), model, 0, 10, now)
         key = bytes(dev_account(1).key)
         domain = node.registry_domain()
-        slash = reporter.slash(honest, sign_commitment(honest, domain, key), other, sign_commitment(other, domain, key))
+        _, slash = reporter.slash(honest, sign_commitment(honest, domain, key), other,
+                                  sign_commitment(other, domain, key))
         return {"gas_register_bonded": int(register.gas_used), "gas_slash": int(slash.gas_used)}
 
 

@@ -334,12 +334,12 @@ class InferenceClient:
         reports = []
         for proof in proofs if self.report_equivocation else ():
             try:
-                tx = self.chain.slash(proof.first.commitment, proof.first.signature, proof.second.commitment,
-                                      proof.second.signature)
+                _, tx = self.chain.slash(proof.first.commitment, proof.first.signature, proof.second.commitment,
+                                         proof.second.signature)
             except ChainError as exc:
                 log.warning("could not report %s's equivocation on-chain: %s", proof.node, exc)
                 continue
-            reports.append(str(getattr(tx, "tx_hash", tx)))
+            reports.append(tx.tx_hash)
         return reports
 
     def _decode(self, token_ids: Sequence[int]) -> str:
