@@ -70,15 +70,24 @@ DTYPES = ["float32", "bfloat16", "float16"]
 # --------------------------------------------------------------------------------------- argument types
 
 
+def _unit_interval(text: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{what} must be a number in [0, 1], got {text!r}") from exc
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{what} must be in [0, 1], got {text!r}")
+    return value
+
+
 def parse_alpha(text: str) -> float:
     """'0.3' -> 0.3, the price weight α in [0, 1] (1 = cheapest route, 0 = fastest)."""
-    try:
-        alpha = float(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"alpha must be a number in [0, 1], got {text!r}") from exc
-    if not 0.0 <= alpha <= 1.0:
-        raise argparse.ArgumentTypeError(f"alpha must be in [0, 1], got {text!r}")
-    return alpha
+    return _unit_interval(text, "alpha")
+
+
+def parse_rate(text: str) -> float:
+    """'0.02' -> 0.02, a probability in [0, 1]."""
+    return _unit_interval(text, "a rate")
 
 
 def parse_token_ids(text: str) -> list[int]:
@@ -90,17 +99,6 @@ def parse_token_ids(text: str) -> list[int]:
     if not ids or min(ids) < 0:
         raise argparse.ArgumentTypeError(f"token ids must be non-negative integers like 1,17,42, got {text!r}")
     return ids
-
-
-def parse_rate(text: str) -> float:
-    """'0.02' -> 0.02, a probability in [0, 1]."""
-    try:
-        rate = float(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"a rate must be a number in [0, 1], got {text!r}") from exc
-    if not 0.0 <= rate <= 1.0:
-        raise argparse.ArgumentTypeError(f"a rate must be in [0, 1], got {text!r}")
-    return rate
 
 
 def _top_p(text: str) -> float:

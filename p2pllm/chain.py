@@ -519,15 +519,19 @@ class Chain:
         fn = self._escrow().functions.reservedUntil(to_checksum_address(client), to_checksum_address(node), until)
         return int(self._call(fn))
 
-    def allocated_nodes(self, client: str) -> list[str]:
-        """Every node `client` has ever reserved for, from the escrow's Reserved events (oldest first)."""
+    def _escrow_logs(self, what: str, topics: list[bytes]) -> list[Any]:
+        """The escrow's `what` events matching `topics`, since its deployment."""
         deployment = self.deployment
         try:
-            logs = self.w3.eth.get_logs({"address": self._escrow().address, "topics": [_RESERVED, address_word(client)],
-                                         "fromBlock": deployment.deploy_block if deployment else 0,
-                                         "toBlock": "latest"})
+            return list(self.w3.eth.get_logs({"address": self._escrow().address, "topics": topics,
+                                              "fromBlock": deployment.deploy_block if deployment else 0,
+                                              "toBlock": "latest"}))
         except (requests.RequestException, OSError, Web3Exception, ValueError) as exc:
-            raise ChainError(f"cannot read the escrow's Reserved events: {type(exc).__name__}: {exc}") from exc
+            raise ChainError(f"cannot read the escrow's {what} events: {type(exc).__name__}: {exc}") from exc
+
+    def allocated_nodes(self, client: str) -> list[str]:
+        """Every node `client` has ever reserved for, from the escrow's Reserved events (oldest first)."""
+        logs = self._escrow_logs("Reserved", [_RESERVED, address_word(client)])
         nodes: dict[str, None] = {}
         for log in logs:
             nodes[to_checksum_address(bytes(log["topics"][2])[12:])] = None
@@ -535,15 +539,8 @@ class Chain:
 
     def earnings(self) -> dict[str, int]:
         """What the escrow has paid each node so far (checksummed address -> wei), from its Claimed events."""
-        deployment = self.deployment
-        try:
-            logs = self.w3.eth.get_logs({"address": self._escrow().address, "topics": [_CLAIMED],
-                                         "fromBlock": deployment.deploy_block if deployment else 0,
-                                         "toBlock": "latest"})
-        except (requests.RequestException, OSError, Web3Exception, ValueError) as exc:
-            raise ChainError(f"cannot read the escrow's Claimed events: {type(exc).__name__}: {exc}") from exc
         paid: dict[str, int] = {}
-        for log in logs:
+        for log in self._escrow_logs("Claimed", [_CLAIMED]):
             node = to_checksum_address(bytes(log["topics"][1])[12:])
             paid[node] = paid.get(node, 0) + int.from_bytes(bytes(log["data"])[32:64], "big")
         return paid
