@@ -49,6 +49,11 @@ class Network:
         account = ["--dev-account", str(CLIENT_ACCOUNT)] if key else []
         return [*extra, "--model", str(self.model), "--deployment", self.deployment_file, *account]
 
+    def gen_args(self, *extra: str) -> list[str]:
+        """For generate and chat: spot checks off, so that the hops and costs these tests assert are the route's
+        alone (tests/e2e/test_verification.py covers checks)."""
+        return self.args(*extra, "--verify-rate", "0")
+
     def name_of(self, address: str) -> str:
         return next(n for n, p in self.nodes.items() if p.address.lower() == address.lower())
 
@@ -140,7 +145,7 @@ def test_generate_json_matches_local_greedy_and_costs_add_up(network: Network,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     expected = local_greedy(network.model, PROMPT, NEW_TOKENS)
     code, out, _ = run(capsys, "generate", "--prompt-ids", ",".join(map(str, PROMPT)), "--alpha", "0",
-                       "--max-new-tokens", str(NEW_TOKENS), "--ignore-eos", "--json", *network.args())
+                       "--max-new-tokens", str(NEW_TOKENS), "--ignore-eos", "--json", *network.gen_args())
     data = json.loads(out)
     assert code == 0 and data["token_ids"] == expected
     assert data["text"] == AutoTokenizer.from_pretrained(network.model).decode(expected, skip_special_tokens=True)
@@ -157,7 +162,7 @@ def test_generate_json_matches_local_greedy_and_costs_add_up(network: Network,
 
 def test_generate_streams_text_then_summary(network: Network, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "generate", "w17 w42 w99", "--alpha", "1", "--max-new-tokens", "5",
-                         "--ignore-eos", *network.args())
+                         "--ignore-eos", *network.gen_args())
     tokenizer = AutoTokenizer.from_pretrained(network.model)
     expected = local_greedy(network.model, tokenizer.encode("w17 w42 w99", add_special_tokens=False), 5)
     assert code == 0 and out == tokenizer.decode(expected, skip_special_tokens=True) + "\n"
@@ -171,7 +176,8 @@ def test_generate_reserves_from_the_wallet_only_when_allowed(network: Network,
     the wallet in the same transaction that reserves for the route, and the summary says so. A later run counts
     what the node is still owed (as it reports it) and reserves only what is missing."""
     fresh = ["--prompt-ids", "5,6,7", "--alpha", "1", "--max-new-tokens", "3", "--ignore-eos", "--model",
-             str(network.model), "--deployment", network.deployment_file, "--dev-account", "8", "--reserve-ahead", "1"]
+             str(network.model), "--deployment", network.deployment_file, "--dev-account", "8", "--reserve-ahead", "1",
+             "--verify-rate", "0"]
     code, out, err = run(capsys, "generate", *fresh, "--no-deposit")
     assert code == 1 and out == "" and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert err.startswith("p2pclient generate: error: the route needs 0.000006 ETH more reserved for its nodes, the "
@@ -197,11 +203,11 @@ def test_max_price_picks_an_affordable_route_or_refuses(network: Network,
     ids = ",".join(map(str, PROMPT))
     # α=0 alone would take the fast, dear route (0.000005 ETH/token); the cap leaves only the cheap one.
     code, out, err = run(capsys, "generate", "--prompt-ids", ids, "--alpha", "0", "--max-price", "0.000002",
-                         "--max-new-tokens", "2", "--json", *network.args())
+                         "--max-new-tokens", "2", "--json", *network.gen_args())
     assert code == 0, err
     assert json.loads(out)["route"]["price_wei_per_token"] == 10**12
     code, out, err = run(capsys, "generate", "--prompt-ids", ids, "--alpha", "1", "--max-price", "0.0000005",
-                         *network.args())
+                         *network.gen_args())
     assert code == 1 and out == "" and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert err.startswith("p2pclient generate: error: no route within --max-price 0.0000005 ETH/token: the best "
                           "available costs 0.000001 ETH/token")
@@ -210,7 +216,7 @@ def test_max_price_picks_an_affordable_route_or_refuses(network: Network,
 def test_chat_over_piped_stdin_keeps_the_conversation(network: Network, capsys: pytest.CaptureFixture[str],
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("sys.stdin", io.StringIO("w20 w21\n\nw30\n/quit\nw40 never sent\n"))
-    code, out, err = run(capsys, "chat", "--max-new-tokens", "4", "--alpha", "1", *network.args())
+    code, out, err = run(capsys, "chat", "--max-new-tokens", "4", "--alpha", "1", *network.gen_args())
     assert code == 0, err
     answers = out.splitlines()
     costs = [line for line in err.splitlines() if line.startswith("[")]
