@@ -176,8 +176,8 @@ def test_generate_reserves_from_the_wallet_only_when_allowed(network: Network,
     the wallet in the same transaction that reserves for the route, and the summary says so. A later run counts
     what the node is still owed (as it reports it) and reserves only what is missing."""
     fresh = ["--prompt-ids", "5,6,7", "--alpha", "1", "--max-new-tokens", "3", "--ignore-eos", "--model",
-             str(network.model), "--deployment", network.deployment_file, "--dev-account", "8", "--reserve-ahead", "1",
-             "--verify-rate", "0"]
+             str(network.model), "--deployment", network.deployment_file, "--dev-account", "8", "--verify-rate", "0",
+             "--reserve-ahead", "1"]
     code, out, err = run(capsys, "generate", *fresh, "--no-deposit")
     assert code == 1 and out == "" and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert err.startswith("p2pclient generate: error: the route needs 0.000006 ETH more reserved for its nodes, the "
