@@ -42,6 +42,7 @@ from client.session import FailoverExhausted, RouteTooExpensive
 from p2pllm.chain import ChainError
 
 log = logging.getLogger("p2pclient.gateway")
+_END = object()  # the producer's last queue item: the generation is closed and booked
 
 
 @dataclass
@@ -65,6 +66,7 @@ class GatewayState:
         "commitments_verified": 0, "checks": 0, "agreed": 0, "disagreed": 0, "unverifiable": 0})
     earnings: dict[str, int] = field(default_factory=dict)
     earnings_at: float = 0.0
+    producers: set[asyncio.Task[None]] = field(default_factory=set)  # running streamed generations
 
     def __post_init__(self) -> None:
         self.budget = Budget(self.settings.budget_wei)
@@ -215,42 +217,60 @@ def create_gateway(state: GatewayState) -> FastAPI:
             return JSONResponse(envelope.complete(matcher.text, finish_reason(),
                                                   usage(len(prompt_ids), len(result.token_ids)), _extension(result)))
 
-        # Errors before the first token are answered as HTTP errors; later ones as a final error chunk.
-        try:
-            first = await events.__anext__()
-        except StopAsyncIteration:
-            first = None
-        except Exception as exc:
-            await events.aclose()
-            finish(hold, result)
-            raise _library_error(exc) from exc
+        # The generation runs in a task of its own that feeds a queue, so that a reader who leaves mid-stream
+        # (which cancels the response) only tells it to stop after the current token: it still closes its
+        # sessions and books its cost. Errors before the first token are answered as HTTP errors; later ones as a
+        # final error chunk.
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        leave = asyncio.Event()
+
+        async def produce() -> None:
+            try:
+                async for event in events:
+                    queue.put_nowait(event)
+                    if leave.is_set():
+                        break
+            except Exception as exc:
+                queue.put_nowait(exc)
+            finally:
+                try:
+                    await events.aclose()
+                finally:
+                    finish(hold, result)
+                    queue.put_nowait(_END)
+
+        producer = asyncio.get_running_loop().create_task(produce())
+        state.producers.add(producer)
+        producer.add_done_callback(state.producers.discard)
+        first = await queue.get()
+        if isinstance(first, Exception):
+            while await queue.get() is not _END:
+                pass
+            raise _library_error(first)
 
         async def body() -> AsyncIterator[bytes]:
+            item = first
             try:
                 if chat:
                     yield _sse(envelope.chunk("", first=True))
-                if first is not None:
-                    text = matcher.feed(first.text)
+                while item is not _END:
+                    if isinstance(item, Exception):
+                        yield _sse(_library_error(item).body())
+                        yield _sse("[DONE]")
+                        while await queue.get() is not _END:
+                            pass
+                        return
+                    text = matcher.feed(item.text)
                     if text:
                         yield _sse(envelope.chunk(text))
-                if not matcher.stopped:
-                    async for event in events:
-                        text = matcher.feed(event.text)
-                        if text:
-                            yield _sse(envelope.chunk(text))
-                        if matcher.stopped:
-                            break
+                    if matcher.stopped:
+                        leave.set()
+                    item = await queue.get()
                 tail = matcher.flush()
                 if tail:
                     yield _sse(envelope.chunk(tail))
-            except Exception as exc:
-                error = _library_error(exc)
-                yield _sse(error.body())
-                yield _sse("[DONE]")
-                return
             finally:
-                await events.aclose()
-                finish(hold, result)
+                leave.set()  # a reader who left: the producer stops after this token and books the cost
             yield _sse(envelope.chunk(None, finish_reason(), extension=_extension(result)))
             if request.stream_options is not None and request.stream_options.include_usage:
                 yield _sse(envelope.usage_chunk(usage(len(prompt_ids), len(result.token_ids))))

@@ -159,6 +159,31 @@ def test_stop_sequences(gateway: Gateway) -> None:
     assert streamed == stopped.choices[0].text
 
 
+def test_a_reader_leaving_mid_stream_is_still_booked(gateway: Gateway) -> None:
+    """The SDK closes a stream after two chunks: the gateway stops that generation, closes its sessions and books
+    what it cost (the nodes are owed it)."""
+    import httpx
+
+    def spending() -> dict:
+        return httpx.get(f"{gateway.url}/api/network", timeout=30).json()["spending"]
+
+    before = spending()
+    stream = gateway.sdk().chat.completions.create(model=MODEL, messages=[{"role": "user", "content": QUESTION}],
+                                                   max_tokens=60, temperature=0, stream=True)
+    for seen, _ in enumerate(stream):
+        if seen == 2:
+            break
+    stream.close()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        after = spending()
+        if after["requests"] > before["requests"]:
+            break
+        time.sleep(0.5)
+    assert after["requests"] == before["requests"] + 1
+    assert int(after["spent_wei"]) > int(before["spent_wei"]) and int(after["held_wei"]) == 0
+
+
 def test_concurrent_requests_are_concurrent_sessions(gateway: Gateway) -> None:
     sdk = gateway.sdk()
 
