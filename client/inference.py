@@ -23,7 +23,7 @@ from client.hops import HopSession, Payer, StreamOptions
 from client.market import Market, discover
 from client.reputation import ReputationStore
 from client.routing import Route, find_route, route_key
-from client.session import FailoverEvent, LinkEndpoint, RouteSession, RouteTooExpensive
+from client.session import FailoverEvent, LinkEndpoint, RouteSession, RouteTooExpensive, banned_now
 from client.spotcheck import EquivocationProof, VerificationStats, Verifier
 from client.verify import DEFAULT_VERIFY_RATE, SpotCheckPolicy
 from p2pllm.chain import Chain, ChainError
@@ -207,8 +207,7 @@ class InferenceClient:
     def excluded(self) -> set[str]:
         """Nodes routing leaves out now: those with a verdict in the reputation store, and those banned for a
         while after failing in a generation."""
-        now = time.monotonic()
-        return {node for node, until in self.banned.items() if until > now}
+        return banned_now(self.banned, time.monotonic())
 
     # ------------------------------------------------------------------ generation
     def prompt_ids(self, prompt: str, chat: bool) -> list[int]:

@@ -113,6 +113,11 @@ def route_span(market: Market, start: int, end: int, alpha: float, banned: set[s
     return Route(hops, route.price_wei_per_token, route.latency_ms)
 
 
+def banned_now(banned: dict[str, float], now: float) -> set[str]:
+    """The nodes of a ban table (node -> monotonic time the ban ends) still banned at `now`."""
+    return {node for node, until in banned.items() if until > now}
+
+
 Fund = Callable[[Sequence[Need]], None]
 LinkEndpoint = Callable[[str, str], str]
 
@@ -270,9 +275,15 @@ class RouteSession:
                 raise _Tampered(index, "equivocated: relayed other hidden states than its signed copy", computed=True)
             if upstream is None or previous.commitment is None or upstream != previous.commitment:
                 raise _Tampered(index, "relayed hidden states without its matching signed commitment", computed=True)
-        problem = verifier.commitment_problem(slot.hop, position, tokens, hidden_in, result)
+        self._check_commitment(slot, position, tokens, hidden_in, result)
+
+    def _check_commitment(self, slot: _Slot, position: int, tokens: int, hidden_in: torch.Tensor,
+                          result: StepResult) -> None:
+        """Keep `result`'s commitment as the hop's newest, or fail the hop if it is not its valid one."""
+        if self.verifier is None:
+            return
+        problem = self.verifier.check_commitment(slot.hop, position, tokens, hidden_in, result)
         if problem is not None:
-            verifier.convict(slot.hop.node, "bad_commitment", problem)
             raise HopFailed(slot.hop.node, slot.hop.endpoint, f"bad commitment: {problem}")
         slot.commitment = result.commitment
 
@@ -422,12 +433,7 @@ class RouteSession:
             message = await slot.hop.recv(timeout)
             if isinstance(message, StepResult) and message.position == 0:
                 slot.hop.served(message, tokens)
-                if self.verifier is not None:
-                    problem = self.verifier.commitment_problem(slot.hop, 0, tokens, replay, message)
-                    if problem is not None:
-                        self.verifier.convict(slot.hop.node, "bad_commitment", problem)
-                        raise HopFailed(slot.hop.node, slot.hop.endpoint, f"bad commitment: {problem}")
-                    slot.commitment = message.commitment
+                self._check_commitment(slot, 0, tokens, replay, message)
                 return message.hidden
             if isinstance(message, StepError):
                 if message.code in REJECT_CODES:
@@ -446,8 +452,7 @@ class RouteSession:
         return Route(tuple(hops), sum(h.price_wei_per_token for h in hops), sum(h.latency_ms for h in hops))
 
     def _banned_now(self) -> set[str]:
-        now = self.clock()
-        return {node for node, until in self.banned.items() if until > now}
+        return banned_now(self.banned, self.clock())
 
     def _check_price(self, route: Route) -> None:
         if self.max_price_wei_per_token is not None and route.price_wei_per_token > self.max_price_wei_per_token:
@@ -493,4 +498,5 @@ class _LinkBroken(HopFailed):
         super().__init__("", "", "relay link broken")
         self.index = index
 
-__all__ = ["TRANSPORTS", "FailoverEvent", "FailoverExhausted", "RouteSession", "RouteTooExpensive", "route_span"]
+__all__ = ["TRANSPORTS", "FailoverEvent", "FailoverExhausted", "RouteSession", "RouteTooExpensive", "banned_now",
+           "route_span"]

@@ -102,13 +102,17 @@ class Verifier:
 
     # ------------------------------------------------------------------------------------------ commitments
 
-    def commitment_problem(self, hop: HopSession, position: int, tokens: int, hidden_in: torch.Tensor,
-                           result: StepResult) -> str | None:
+    def check_commitment(self, hop: HopSession, position: int, tokens: int, hidden_in: torch.Tensor,
+                         result: StepResult) -> str | None:
+        """Why `result`'s commitment is not `hop`'s valid one for the step (the node is then convicted of a bad
+        commitment), or None when it is."""
         expected = Expected(hop.node, hop.session_id, position, tokens, self.model_id, (hop.start, hop.end),
                             codec.encode(hidden_in), codec.encode(result.hidden), int(time.time()))
         problem = commitment_problem(result.commitment, expected, self.domain)
         if problem is None:
             self.stats.commitments_verified += 1
+        else:
+            self.convict(hop.node, "bad_commitment", problem)
         return problem
 
     def on_equivocation(self, node: str, first: SignedCommitment, second: SignedCommitment) -> None:
@@ -243,9 +247,7 @@ class Verifier:
                 await open_and_fund([session])
                 await session.send(session.step(0, inputs))
                 result = await self._answer(session, 0, tokens)
-                problem = self.commitment_problem(session, 0, tokens, inputs, result)
-                if problem is not None:
-                    self.convict(session.node, "bad_commitment", problem)
+                if self.check_commitment(session, 0, tokens, inputs, result) is not None:
                     await session.close()
                     continue
             except (HopFailed, HopRejected) as exc:
@@ -265,9 +267,8 @@ class Verifier:
         fresh = inputs[:, shadow.upto:]
         await session.send(session.step(shadow.upto, fresh))
         result = await self._answer(session, shadow.upto, int(fresh.shape[1]))
-        problem = self.commitment_problem(session, shadow.upto, int(fresh.shape[1]), fresh, result)
+        problem = self.check_commitment(session, shadow.upto, int(fresh.shape[1]), fresh, result)
         if problem is not None:
-            self.convict(session.node, "bad_commitment", problem)
             raise HopFailed(session.node, session.endpoint, f"bad commitment: {problem}")
         return result.hidden
 
