@@ -60,6 +60,7 @@ class AppState:
     max_frame_bytes: int = 16 * 1024 * 1024
     retry_after_s: float = 2.0
     fresh_escrow_min_s: float = 1.0
+    claim_wait_s: float = 30.0  # how long a step refused during a claim of its client's receipts waits for it
     now: Callable[[], int] = lambda: int(time.time())
     on_receipt: Callable[[], None] = lambda: None
 

@@ -6,13 +6,18 @@ a new receipt against the client's other unpaid sessions too.
 A write-through cache over the ledger: a client's unpaid sessions are read from the ledger when the client is
 first seen, after that the node reports each accepted receipt and each payment; a session with nothing left
 unpaid is dropped from memory and read back from the ledger if it continues. `hold` serializes a client's
-check-and-accept, so two concurrent requests cannot both spend the same reserve. Knows nothing about HTTP,
-tensors or the chain."""
+check-and-accept, so two concurrent requests cannot both spend the same reserve.
+
+A claim makes the chain and this table disagree for a moment: once its transaction is mined the allocation has
+shrunk by what it paid, while the table still counts that amount unpaid until the claimer reports it. The claimer
+declares the window (`claiming`), and a refusal for lack of cover that overlapped one (`claim_mark` before the
+check differs from after, or a claim is still running) waits for it to end (`wait_claims`) and is checked again,
+so a client is never refused for what it has just paid. Knows nothing about HTTP, tensors or the chain."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -47,6 +52,43 @@ class Exposure:
         self._clients: dict[str, dict[bytes, _Session]] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
+        self._claims = threading.Condition()
+        self._claiming: dict[str, int] = {}  # client -> claims under way
+        self._claimed: dict[str, int] = {}  # client -> claims ended
+
+    @contextmanager
+    def claiming(self, clients: Iterable[str]) -> Iterator[None]:
+        """A claim of `clients`' receipts is under way, from before its transaction is sent until its payments
+        are counted (`paid`)."""
+        keys = {client.lower() for client in clients}
+        with self._claims:
+            for key in keys:
+                self._claiming[key] = self._claiming.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            with self._claims:
+                for key in keys:
+                    left = self._claiming[key] - 1
+                    if left:
+                        self._claiming[key] = left
+                    else:
+                        del self._claiming[key]
+                    self._claimed[key] = self._claimed.get(key, 0) + 1
+                self._claims.notify_all()
+
+    def claim_mark(self, client: str) -> tuple[int, int]:
+        """(claims ended, claims under way) for `client`: two equal marks with nothing under way bracket a
+        stretch of time no claim overlapped."""
+        key = client.lower()
+        with self._claims:
+            return self._claimed.get(key, 0), self._claiming.get(key, 0)
+
+    def wait_claims(self, client: str, timeout_s: float) -> bool:
+        """Wait until no claim of `client`'s receipts is under way; False if one still is after `timeout_s`."""
+        key = client.lower()
+        with self._claims:
+            return self._claims.wait_for(lambda: key not in self._claiming, timeout_s)
 
     @contextmanager
     def hold(self, client: str) -> Iterator[None]:

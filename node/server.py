@@ -12,7 +12,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ import uvicorn
 
 from node.api import AppState
 from node.app import create_app
-from node.claimer import Claimer, ClaimPolicy
+from node.claimer import Claimer, ClaimPolicy, PaymentBooking
 from node.commit import Committer
 from node.executor import ShardExecutor
 from node.exposure import Exposure
@@ -37,7 +37,6 @@ from p2pllm.commitments import RegistryDomain
 from p2pllm.cpus import format_cpu_list, pin_process
 from p2pllm.model_id import model_id
 from p2pllm.models import resolve_model
-from p2pllm.receipts import Receipt
 from p2pllm.shard import Shard, load_shard
 from p2pllm.tls import client_ssl_context
 from p2pllm.wire import NodeInfo
@@ -194,16 +193,10 @@ def serve(settings: ServeSettings, chain: Chain) -> int:
     escrow_view = CachedEscrowView(chain, chain.address)
     exposure = Exposure(ledger)
 
-    def on_paid(settled: Sequence[tuple[Receipt, int]]) -> None:
-        # The allocation is re-read before the payments are counted, so the node never sees the payment
-        # without the allocation it came out of shrinking too.
-        for client in {receipt.client.lower() for receipt, _ in settled}:
-            escrow_view.refresh(client)
-        for receipt, paid in settled:
-            exposure.paid(receipt.client, receipt.session_id, paid)
-
+    booking = PaymentBooking(escrow_view, exposure)
     claimer = Claimer(ledger, lambda items: chain.claim_batch(items)[0],
-                      lambda r: chain.paid_for(r.client, r.node, r.session_id), settings.claim, on_paid=on_paid)
+                      lambda r: chain.paid_for(r.client, r.node, r.session_id), settings.claim,
+                      on_paid=booking.on_paid, claiming=booking.claiming)
     if ledger.unclaimed():
         say(f"ledger holds {len(ledger.unclaimed())} unclaimed receipt(s) from a previous run: claiming ...")
         report = claimer.claim_all()

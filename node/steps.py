@@ -64,15 +64,42 @@ def admit(state: AppState, session: NodeSession, position: int, tokens: int, cla
     repeated = session.accepted is not None and session.accepted.claim == claim
     if not blocking and not state.escrow.answers_now(client):
         raise NeedsChain
-    terms = state.terms
-    owed_after = session.owed_wei + terms.price_wei_per_token * tokens
+    owed_after = session.owed_wei + state.terms.price_wei_per_token * tokens
+    retried = False
+    while True:
+        mark = state.exposure.claim_mark(client)
+        try:
+            receipt, standing = _check_and_count(state, session, client, position + tokens, owed_after, previous,
+                                                 claim, repeated, blocking)
+            break
+        except PaymentError as exc:
+            # A claim of this client's receipts overlapped the check: the chain may have shown the allocation
+            # after the claim while the standing still counted what it paid. Check again once it has ended.
+            overlapped = mark[1] or state.exposure.claim_mark(client) != mark
+            if exc.code != "insufficient_escrow" or not overlapped or retried:
+                raise StepFailure(exc.code, dict(exc.detail)) from exc
+            if not blocking:
+                raise NeedsChain from exc
+            state.exposure.wait_claims(client, state.claim_wait_s)
+            retried = True
+        except EscrowUnavailable as exc:
+            raise StepFailure("chain_unavailable", {"reason": str(exc)}, state.retry_after_s) from exc
+    return Admission(claim, receipt, standing, previous.deadline if previous is not None else 0, repeated, tokens)
+
+
+def _check_and_count(state: AppState, session: NodeSession, client: str, tokens_after: int, owed_after: int,
+                     previous: Receipt | None, claim: ReceiptClaim, repeated: bool,
+                     blocking: bool) -> tuple[Receipt, Standing]:
+    """Check the receipt against the client's standing and count it there, as one step under the client's hold;
+    an `insufficient_escrow` refusal asks the chain first (the client may just have reserved more), at most once
+    a second per session, so that no client makes the node read the chain on every request."""
     with state.exposure.hold(client):
         standing = state.exposure.standing(client, session.session_id)
 
         def check(fresh: bool) -> Receipt:
             return check_receipt(
-                terms, state.escrow, client=client, session_id=session.session_id,
-                tokens_after=position + tokens, owed_wei=owed_after, previous=previous,
+                state.terms, state.escrow, client=client, session_id=session.session_id,
+                tokens_after=tokens_after, owed_wei=owed_after, previous=previous,
                 paid_wei=standing.paid_wei, other_unpaid_wei=standing.other_unpaid_wei,
                 other_deadline=standing.other_deadline, tokens=claim.tokens, amount_wei=claim.amount_wei,
                 deadline=claim.deadline, signature=claim.signature, now=state.now(), signature_verified=repeated,
@@ -80,24 +107,17 @@ def admit(state: AppState, session: NodeSession, position: int, tokens: int, cla
             )
 
         try:
-            try:
-                receipt = check(False)
-            except PaymentError as exc:
-                # The client may just have reserved more: ask the chain before refusing, at most once a second
-                # per session, so that no client makes the node read the chain on every request.
-                now = time.monotonic()
-                if exc.code != "insufficient_escrow" or now - session.fresh_escrow_at < state.fresh_escrow_min_s:
-                    raise
-                if not blocking:
-                    raise NeedsChain from exc
-                session.fresh_escrow_at = now
-                receipt = check(True)
+            receipt = check(False)
         except PaymentError as exc:
-            raise StepFailure(exc.code, dict(exc.detail)) from exc
-        except EscrowUnavailable as exc:
-            raise StepFailure("chain_unavailable", {"reason": str(exc)}, state.retry_after_s) from exc
+            now = time.monotonic()
+            if exc.code != "insufficient_escrow" or now - session.fresh_escrow_at < state.fresh_escrow_min_s:
+                raise
+            if not blocking:
+                raise NeedsChain from exc
+            session.fresh_escrow_at = now
+            receipt = check(True)
         state.exposure.accept(client, session.session_id, claim.amount_wei, standing.paid_wei, claim.deadline)
-    return Admission(claim, receipt, standing, previous.deadline if previous is not None else 0, repeated, tokens)
+    return receipt, standing
 
 
 def record(state: AppState, admission: Admission) -> None:

@@ -76,3 +76,38 @@ def test_hold_serializes_one_client(tmp_path) -> None:
         order.append("second")
     thread.join()
     assert order == ["other", "first", "second"]
+
+
+def test_claim_marks_tell_whether_a_claim_overlapped(tmp_path) -> None:
+    exposure = Exposure(Ledger(tmp_path / "l.sqlite"))
+    other = "0x" + "11" * 20
+    before = exposure.claim_mark(CLIENT)
+    assert before == (0, 0) and exposure.wait_claims(CLIENT, 0)
+    with exposure.claiming([CLIENT.lower(), CLIENT]):  # one claim, however the address is spelled
+        assert exposure.claim_mark(CLIENT) == (0, 1)
+        assert not exposure.wait_claims(CLIENT, 0.01)
+        assert exposure.wait_claims(other, 0) and exposure.claim_mark(other) == (0, 0)
+    assert exposure.claim_mark(CLIENT) == (1, 0) != before  # a claim that began and ended in between shows
+
+
+def test_wait_claims_returns_when_the_claim_ends(tmp_path) -> None:
+    exposure = Exposure(Ledger(tmp_path / "l.sqlite"))
+    started, done = threading.Event(), threading.Event()
+
+    def claim() -> None:
+        with exposure.claiming([CLIENT]):
+            started.set()
+            done.wait(10)
+
+    worker = threading.Thread(target=claim)
+    worker.start()
+    started.wait(10)
+    waited = []
+    waiter = threading.Thread(target=lambda: waited.append(exposure.wait_claims(CLIENT, 30)))
+    waiter.start()
+    waiter.join(0.2)
+    assert waiter.is_alive()  # still waiting while the claim runs
+    done.set()
+    waiter.join(10)
+    worker.join(10)
+    assert waited == [True]

@@ -25,6 +25,7 @@ from websockets.exceptions import ConnectionClosed
 
 from node.api import AppState
 from node.app import create_app
+from node.claimer import Claimer, ClaimPolicy, PaymentBooking
 from node.commit import Committer
 from node.executor import ShardExecutor
 from node.exposure import Exposure
@@ -407,6 +408,9 @@ class Reserved:
     def answers_now(self, client: str) -> bool:
         return True
 
+    def refresh(self, client: str) -> None:
+        """Nothing to read again: `wei` is the chain's answer."""
+
 
 def test_escrow_cover_counts_what_was_claimed_meanwhile(harness: Harness) -> None:
     """Unpaid = signed − already paid. After a claim spends part of the reservation, the node uses the paid
@@ -419,6 +423,33 @@ def test_escrow_cover_counts_what_was_claimed_meanwhile(harness: Harness) -> Non
     harness.state.exposure.paid(harness.client.address, session.session_id, 8 * PRICE)
     escrow.wei = 2 * PRICE  # what the claim left reserved
     assert isinstance(session.forward(hidden(), session.claim(2, amount_wei=9 * PRICE)), StepResult)
+    _error(session.forward(hidden(), session.claim(3, amount_wei=11 * PRICE)), "insufficient_escrow")
+
+
+def test_a_step_during_a_claim_is_not_refused_for_what_the_claim_paid(harness: Harness) -> None:
+    """Once a claim's transaction is mined the chain shows the allocation shrunk by what it paid, while the node
+    still counts that amount unpaid until the claimer hears back. A step checked in that window waits for the
+    claim to be counted and is served; the cover is still enforced after it."""
+    session = harness.opened()
+    escrow = Reserved(10 * PRICE)
+    harness.state.escrow = escrow
+    assert isinstance(session.forward(hidden(), session.claim(1, amount_wei=8 * PRICE)), StepResult)
+    mined = threading.Event()
+
+    def submit(items: object) -> list[int]:
+        escrow.wei = 2 * PRICE  # mined: the escrow paid the node 8 of the 10 reserved
+        mined.set()
+        time.sleep(0.5)  # the claimer has not heard back yet
+        return [8 * PRICE]
+
+    booking = PaymentBooking(escrow, harness.state.exposure)
+    claimer = Claimer(harness.state.ledger, submit, lambda receipt: 8 * PRICE, ClaimPolicy(),
+                      on_paid=booking.on_paid, claiming=booking.claiming)
+    claiming = threading.Thread(target=claimer.claim_all)
+    claiming.start()
+    assert mined.wait(10)
+    assert isinstance(session.forward(hidden(), session.claim(2, amount_wei=9 * PRICE)), StepResult)
+    claiming.join(10)
     _error(session.forward(hidden(), session.claim(3, amount_wei=11 * PRICE)), "insufficient_escrow")
 
 
