@@ -1,14 +1,15 @@
 """A network under load: K concurrent clients, each with its own wallet and session, through 3 real node processes.
 
-    python benchmarks/load.py [--ks 1,8,32] [--tokens 32]     # prints one JSON line; progress on stderr
+    python benchmarks/load.py [--ks 1,8,32] [--tokens 32] [--processes 8]   # one JSON line; progress on stderr
 
 anvil, the contracts and three `p2pnode serve` processes over SmolLM2-135M fp32 (layers 0–10, 10–20, 20–30),
-started by `LocalNetwork`. For each K, K fresh wallets are funded on anvil; each client (an `InferenceClient` in a
-thread of this process, relay mode, greedy) loads its head, waits at a barrier, then generates `--tokens` tokens
-from a prompt of its own. Measured per K: aggregate decode tokens per second from the barrier to the last client
+started by `LocalNetwork`. For each K, K fresh wallets are funded on anvil; the K clients (`InferenceClient`s,
+relay mode, greedy) are spread over up to `--processes` worker processes, a thread each, so that they do not
+share one interpreter as they would not share one machine; each loads its head, waits at a barrier shared by all
+of them, then generates `--tokens` tokens from a prompt of its own. Measured per K: aggregate decode tokens per second from the barrier to the last client
 done (`agg_tok_s_kK`), per-client tokens/s (`client_tok_s_p50_kK`, `client_tok_s_p99_kK`: the p99 of the slowest
 side, i.e. the 1st percentile of rates), `errors` (generations that raised), `speedup_k8` = agg_tok_s_k8 /
-agg_tok_s_k1. After every K the nodes are stopped gracefully (they claim what they hold) and
+agg_tok_s_k1, and each node's mean decode batch (`mean_batch_kK`, from its /metrics). After every K the nodes are stopped gracefully (they claim what they hold) and
 `settlement_exact` checks on chain that every (client, node, session) was paid exactly what the client's
 receipts for it said (price × tokens that node computed). `node_rss_mb` gives each node's resident memory at
 start and at the end, against its bound: start + its KV budget (`--budget-tokens` × the bytes a token's keys and
@@ -21,20 +22,24 @@ tokens), so on a small host the aggregate is bounded by the clients' own compute
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import json
+import multiprocessing
 import statistics
 import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
+import httpx
 from eth_account import Account
 
 from client.inference import GenerationResult, InferenceClient
 from devkit.localnet import LocalNetwork, NodeSpec
-from p2pllm.chain import Chain
+from p2pllm.chain import Chain, Deployment
 from p2pllm.models import resolve_model
 
 BUDGET_TOKENS = 8192
@@ -51,47 +56,93 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def run_k(net: LocalNetwork, model: str, k: int, tokens: int) -> tuple[float, list[float], int, list[tuple]]:
-    """K clients at once: (aggregate tok/s, per-client tok/s, errors, [(chain, result)])."""
+@dataclass(frozen=True)
+class ClientOutcome:
+    """What one client's generation left to measure and to settle (sent back from its worker process)."""
+
+    address: str
+    tokens: int
+    tokens_per_s: float
+    hops: tuple[tuple[str, bytes, int], ...]  # (node, session id, cost in wei) per hop
+    finished: float  # time.monotonic() when it ended: CLOCK_MONOTONIC, one clock for all processes
+    error: str | None = None
+
+
+def _clients(rpc_url: str, deployment: Deployment, model: str, jobs: list[tuple[int, str]], tokens: int,
+             barrier: Barrier, results: Queue) -> None:
+    """A worker process: one thread per client in `jobs` ((index, private key)); each loads its head, waits at
+    the barrier shared with every other client and the parent, generates, and puts its `ClientOutcome`."""
+
+    def client(i: int, key: str) -> None:
+        account = Account.from_key(key)
+        inference: InferenceClient | None = None
+        try:
+            chain = Chain.connect(rpc_url, account, deployment)
+            inference = InferenceClient(chain, model, threads=1, reserve_ahead=1, verify_rate=0.0)
+            prompt = [1, *range(100 + 7 * i, 100 + 7 * i + 4 + i % 5)]
+            result = GenerationResult(len(prompt))
+            barrier.wait(600)
+            list(inference.generate(prompt, tokens, alpha=1.0, result=result, stop_at_eos=False))
+            hops = tuple((h.node, h.session_id, h.cost_wei) for h in result.hops)
+            results.put(ClientOutcome(account.address, len(result.token_ids), result.tokens_per_s, hops,
+                                      time.monotonic()))
+        except Exception as exc:  # counted as an error, reported
+            results.put(ClientOutcome(account.address, 0, 0.0, (), time.monotonic(), f"{type(exc).__name__}: {exc}"))
+        finally:
+            if inference is not None:
+                inference.close()
+
+    threads = [threading.Thread(target=client, args=job) for job in jobs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def decode_counters(endpoint: str) -> tuple[float, float]:
+    """(decode rounds, decode steps) a node has run, from its /metrics."""
+    values = {}
+    for line in httpx.get(f"{endpoint}/metrics", timeout=10).text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("p2pllm_decode_batches", "p2pllm_decode_batched_steps"):
+            values[name] = float(value)
+    return values["p2pllm_decode_batches"], values["p2pllm_decode_batched_steps"]
+
+
+def run_k(net: LocalNetwork, model: str, k: int, tokens: int, processes: int) -> tuple[float, list[ClientOutcome]]:
+    """K clients at once, spread over `processes` worker processes: (aggregate tok/s, outcomes)."""
     funder = net.chain(0)
     keys = [Account.create() for _ in range(k)]
     for key in keys:
         funder.w3.provider.make_request("anvil_setBalance", [key.address, hex(10**19)])
-    barrier = threading.Barrier(k + 1)
-    finished: list[float] = []
-
-    def client(i: int) -> tuple[Chain, GenerationResult | None]:
-        chain = Chain.connect(net.anvil.rpc_url, keys[i], net.deployment)
-        inference = InferenceClient(chain, model, threads=1, reserve_ahead=1, verify_rate=0.0)
-        prompt = [1, *range(100 + 7 * i, 100 + 7 * i + 4 + i % 5)]
-        result = GenerationResult(len(prompt))
-        try:
-            barrier.wait(600)
-            list(inference.generate(prompt, tokens, alpha=1.0, result=result, stop_at_eos=False))
-            return chain, result
-        except Exception as exc:  # counted as an error, reported
-            say(f"client {i} failed: {type(exc).__name__}: {exc}")
-            return chain, None
-        finally:
-            finished.append(time.perf_counter())
-            inference.close()
-
-    with concurrent.futures.ThreadPoolExecutor(k) as pool:
-        futures = [pool.submit(client, i) for i in range(k)]
-        barrier.wait(600)
-        started = time.perf_counter()
-        outcomes = [f.result() for f in futures]
-    wall = max(finished) - started
-    done = [(chain, r) for chain, r in outcomes if r is not None]
-    rates = [r.tokens_per_s for _, r in done]
-    agg = sum(len(r.token_ids) for _, r in done) / wall
-    return agg, rates, k - len(done), done
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(k + 1)
+    results: Queue = context.Queue()
+    assert net.deployment is not None
+    workers = [context.Process(target=_clients, args=(net.anvil.rpc_url, net.deployment, model,
+                                                      [(i, keys[i].key.hex()) for i in range(p, k, processes)],
+                                                      tokens, barrier, results))
+               for p in range(min(processes, k))]
+    for worker in workers:
+        worker.start()
+    barrier.wait(600)
+    started = time.monotonic()
+    outcomes = [results.get(timeout=1800) for _ in range(k)]
+    for worker in workers:
+        worker.join(60)
+    for outcome in outcomes:
+        if outcome.error is not None:
+            say(f"client {outcome.address} failed: {outcome.error}")
+    wall = max(o.finished for o in outcomes) - started
+    return sum(o.tokens for o in outcomes if o.error is None) / wall, outcomes
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ks", default="1,8,32", help="concurrent clients per run")
     parser.add_argument("--tokens", type=int, default=32, help="greedy tokens per client")
+    parser.add_argument("--processes", type=int, default=8,
+                        help="client processes (clients are spread over them, threads within each)")
     args = parser.parse_args(argv)
     ks = [int(k) for k in args.ks.split(",")]
     source = resolve_model("smollm2-135m")
@@ -106,9 +157,16 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp, LocalNetwork(Path(tmp), model, specs, log=say) as net:
         for name, node in net.nodes.items():
             rss[name] = [round(rss_mb(node.process.pid), 1)]
-        pending: list[tuple] = []
+        pending: list[ClientOutcome] = []
         for k in ks:
-            agg, rates, failed, done = run_k(net, model, k, args.tokens)
+            before = {name: decode_counters(node.endpoint) for name, node in net.nodes.items()}
+            agg, outcomes = run_k(net, model, k, args.tokens, args.processes)
+            after = {name: decode_counters(node.endpoint) for name, node in net.nodes.items()}
+            out[f"mean_batch_k{k}"] = {name: round((after[name][1] - before[name][1])
+                                                   / max(after[name][0] - before[name][0], 1), 2) for name in after}
+            done = [o for o in outcomes if o.error is None]
+            rates = [o.tokens_per_s for o in done]
+            failed = k - len(done)
             errors += failed
             pending += done
             out[f"agg_tok_s_k{k}"] = round(agg, 2)
@@ -119,13 +177,13 @@ def main(argv: list[str] | None = None) -> int:
         for name, node in net.nodes.items():
             rss[name].append(round(rss_mb(node.process.pid), 1))
         stopped = net.stop_nodes()  # graceful: each node claims what it holds
-        for chain, result in pending:
-            for hop in result.hops:
-                paid = chain.paid_for(chain.address, hop.node, hop.session_id)
-                if paid != hop.cost_wei:
+        reader = net.chain(0)
+        for outcome in pending:
+            for node, session_id, cost_wei in outcome.hops:
+                paid = reader.paid_for(outcome.address, node, session_id)
+                if paid != cost_wei:
                     exact = False
-                    say(f"settlement mismatch: client {chain.address} node {hop.node}: paid {paid}, "
-                        f"owed {hop.cost_wei}")
+                    say(f"settlement mismatch: client {outcome.address} node {node}: paid {paid}, owed {cost_wei}")
         out["node_exit_codes"] = stopped
     config = json.loads((source.path / "config.json").read_text())
     kv_bytes_per_token = 2 * 10 * config["num_key_value_heads"] * (
