@@ -1,19 +1,23 @@
 """A network under load: K concurrent clients, each with its own wallet and session, through 3 real node processes.
 
-    python benchmarks/load.py [--ks 1,8,32] [--tokens 32] [--processes 8]   # one JSON line; progress on stderr
+    python benchmarks/load.py [--ks 1,8,32] [--tokens 32] [--processes 8] [--node-cpus none] [--client-cpus none]
+    # prints one JSON line; progress on stderr
 
 anvil, the contracts and three `p2pnode serve` processes over SmolLM2-135M fp32 (layers 0–10, 10–20, 20–30),
 started by `LocalNetwork`. For each K, K fresh wallets are funded on anvil; the K clients (`InferenceClient`s,
-relay mode, greedy) are spread over up to `--processes` worker processes, a thread each, so that they do not
-share one interpreter as they would not share one machine; each loads its head, waits at a barrier shared by all
-of them, then generates `--tokens` tokens from a prompt of its own. Measured per K: aggregate decode tokens per second from the barrier to the last client
-done (`agg_tok_s_kK`), per-client tokens/s (`client_tok_s_p50_kK`, `client_tok_s_p99_kK`: the p99 of the slowest
-side, i.e. the 1st percentile of rates), `errors` (generations that raised), `speedup_k8` = agg_tok_s_k8 /
-agg_tok_s_k1, and each node's mean decode batch (`mean_batch_kK`, from its /metrics). After every K the nodes are stopped gracefully (they claim what they hold) and
-`settlement_exact` checks on chain that every (client, node, session) was paid exactly what the client's
-receipts for it said (price × tokens that node computed). `node_rss_mb` gives each node's resident memory at
-start and at the end, against its bound: start + its KV budget (`--budget-tokens` × the bytes a token's keys and
-values take in its layers).
+relay mode, greedy) are spread over up to `--processes` worker processes, a thread each, so that they do not share
+one interpreter (as they would not share one machine); each loads its head, waits at a barrier shared by all of
+them, then generates `--tokens` tokens from a prompt of its own. `--node-cpus` and `--client-cpus` pin the nodes
+and the client processes (default: no pinning).
+
+Measured per K: aggregate tokens per second from the barrier to the last client done (`agg_tok_s_kK`), per-client
+decode tokens/s (`client_tok_s_p50_kK`, `client_tok_s_p99_kK`: the p99 of the slowest side, i.e. the 1st
+percentile of rates), each node's mean decode batch (`mean_batch_kK`, from its /metrics), `errors` (generations
+that raised), `speedup_k8` = agg_tok_s_k8 / agg_tok_s_k1. After the last K the nodes are stopped gracefully (they
+claim what they hold) and `settlement_exact` checks on chain that every (client, node, session) was paid exactly
+what the client's receipts for it said (price × tokens that node computed). `node_rss_mb` gives each node's
+resident memory at start and at the end, against its bound: start + its KV budget (`--budget-tokens` × the bytes
+a token's keys and values take in its layers).
 
 The clients share this machine's CPUs with the nodes (each client runs the embedding and the LM head for its own
 tokens), so on a small host the aggregate is bounded by the clients' own compute as well as by the nodes'.
@@ -40,6 +44,7 @@ from eth_account import Account
 from client.inference import GenerationResult, InferenceClient
 from devkit.localnet import LocalNetwork, NodeSpec
 from p2pllm.chain import Chain, Deployment
+from p2pllm.cpus import format_cpu_list, parse_cpu_option, pin_process
 from p2pllm.models import resolve_model
 
 BUDGET_TOKENS = 8192
@@ -69,9 +74,12 @@ class ClientOutcome:
 
 
 def _clients(rpc_url: str, deployment: Deployment, model: str, jobs: list[tuple[int, str]], tokens: int,
-             barrier: Barrier, results: Queue) -> None:
-    """A worker process: one thread per client in `jobs` ((index, private key)); each loads its head, waits at
-    the barrier shared with every other client and the parent, generates, and puts its `ClientOutcome`."""
+             barrier: Barrier, results: Queue, cpus: frozenset[int] | None) -> None:
+    """A worker process (on `cpus` when given): one thread per client in `jobs` ((index, private key)); each
+    loads its head, waits at the barrier shared with every other client and the parent, generates, and puts its
+    `ClientOutcome`."""
+    if cpus is not None:
+        pin_process(cpus)
 
     def client(i: int, key: str) -> None:
         account = Account.from_key(key)
@@ -109,8 +117,10 @@ def decode_counters(endpoint: str) -> tuple[float, float]:
     return values["p2pllm_decode_batches"], values["p2pllm_decode_batched_steps"]
 
 
-def run_k(net: LocalNetwork, model: str, k: int, tokens: int, processes: int) -> tuple[float, list[ClientOutcome]]:
-    """K clients at once, spread over `processes` worker processes: (aggregate tok/s, outcomes)."""
+def run_k(net: LocalNetwork, model: str, k: int, tokens: int, processes: int,
+          cpus: frozenset[int] | None = None) -> tuple[float, list[ClientOutcome]]:
+    """K clients at once, spread over `processes` worker processes (on `cpus` when given): (aggregate tok/s,
+    outcomes)."""
     funder = net.chain(0)
     keys = [Account.create() for _ in range(k)]
     for key in keys:
@@ -121,7 +131,7 @@ def run_k(net: LocalNetwork, model: str, k: int, tokens: int, processes: int) ->
     assert net.deployment is not None
     workers = [context.Process(target=_clients, args=(net.anvil.rpc_url, net.deployment, model,
                                                       [(i, keys[i].key.hex()) for i in range(p, k, processes)],
-                                                      tokens, barrier, results))
+                                                      tokens, barrier, results, cpus))
                for p in range(min(processes, k))]
     for worker in workers:
         worker.start()
@@ -143,24 +153,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=32, help="greedy tokens per client")
     parser.add_argument("--processes", type=int, default=8,
                         help="client processes (clients are spread over them, threads within each)")
+    parser.add_argument("--node-cpus", default="none",
+                        help="CPU list the nodes are pinned to (`p2pnode serve --cpus`), or none")
+    parser.add_argument("--client-cpus", default="none", help="CPU list the client processes are pinned to, or none")
     args = parser.parse_args(argv)
+    node_cpus, client_cpus = parse_cpu_option(args.node_cpus), parse_cpu_option(args.client_cpus)
     ks = [int(k) for k in args.ks.split(",")]
     source = resolve_model("smollm2-135m")
     model = str(source.path)
     specs = [NodeSpec(name, start, end, "0.000001", account, ("--budget-tokens", str(BUDGET_TOKENS)))
              for name, start, end, account in (("A", 0, 10, 1), ("B", 10, 20, 2), ("C", 20, 30, 3))]
-    out: dict[str, object] = {"tokens": args.tokens, "ks": ks}
+    out: dict[str, object] = {"tokens": args.tokens, "ks": ks, "processes": args.processes,
+                              "node_cpus": format_cpu_list(node_cpus) if node_cpus else "any",
+                              "client_cpus": format_cpu_list(client_cpus) if client_cpus else "any"}
     errors = 0
     exact = True
     rss: dict[str, list[float]] = {}
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp, LocalNetwork(Path(tmp), model, specs, log=say) as net:
+    with tempfile.TemporaryDirectory() as tmp, LocalNetwork(Path(tmp), model, specs, log=say,
+                                                                          node_cpus=node_cpus) as net:
         for name, node in net.nodes.items():
             rss[name] = [round(rss_mb(node.process.pid), 1)]
         pending: list[ClientOutcome] = []
         for k in ks:
             before = {name: decode_counters(node.endpoint) for name, node in net.nodes.items()}
-            agg, outcomes = run_k(net, model, k, args.tokens, args.processes)
+            agg, outcomes = run_k(net, model, k, args.tokens, args.processes, client_cpus)
             after = {name: decode_counters(node.endpoint) for name, node in net.nodes.items()}
             out[f"mean_batch_k{k}"] = {name: round((after[name][1] - before[name][1])
                                                    / max(after[name][0] - before[name][0], 1), 2) for name in after}
