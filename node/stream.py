@@ -180,16 +180,24 @@ class StreamConnection:
     def _cover(self, client: str, session_id: bytes, now: int) -> tuple[int, int, Receipt | None]:
         """What `client` has reserved for this node through a receipt's longest validity (read fresh when the
         cached answer falls short), what it owes this node unpaid, and the ledger's receipt for this session
-        from an earlier run, if any."""
+        from an earlier run, if any. Reserve and debt are read together under the client's hold; a shortfall
+        that a claim of the client's receipts overlapped is read again once the claim is counted."""
         state = self.state
         until = now + state.terms.max_receipt_validity_s
-        unpaid = state.exposure.unpaid_wei(client)
-        try:
-            reserved = state.escrow.reserved_wei(client, until)
-            if reserved < unpaid + state.session_reserve_wei:
-                reserved = state.escrow.reserved_wei(client, until, fresh=True)
-        except EscrowUnavailable as exc:
-            raise StepFailure("chain_unavailable", {"reason": str(exc)}, state.retry_after_s) from exc
+        for attempt in range(2):
+            mark = state.exposure.claim_mark(client)
+            try:
+                with state.exposure.hold(client):
+                    unpaid = state.exposure.unpaid_wei(client)
+                    reserved = state.escrow.reserved_wei(client, until)
+                    if reserved < unpaid + state.session_reserve_wei:
+                        reserved = state.escrow.reserved_wei(client, until, fresh=True)
+            except EscrowUnavailable as exc:
+                raise StepFailure("chain_unavailable", {"reason": str(exc)}, state.retry_after_s) from exc
+            overlapped = mark[1] or state.exposure.claim_mark(client) != mark
+            if reserved >= unpaid + state.session_reserve_wei or attempt or not overlapped:
+                break
+            state.exposure.wait_claims(client, state.claim_wait_s)
         held = state.ledger.latest(client, session_id)
         return reserved, unpaid, held.receipt if held is not None else None
 

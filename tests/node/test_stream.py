@@ -426,6 +426,27 @@ def test_escrow_cover_counts_what_was_claimed_meanwhile(harness: Harness) -> Non
     _error(session.forward(hidden(), session.claim(3, amount_wei=11 * PRICE)), "insufficient_escrow")
 
 
+def _claim_in_window(harness: Harness, escrow: Reserved, paid_wei: int, left_wei: int) -> threading.Thread:
+    """Start a real `Claimer` (with the node's `PaymentBooking`) on the held receipts whose transaction is mined at
+    once (the escrow shows `left_wei` reserved) but whose claimer hears back only 0.5 s later; return once the
+    window is open."""
+    mined = threading.Event()
+
+    def submit(items: object) -> list[int]:
+        escrow.wei = left_wei
+        mined.set()
+        time.sleep(0.5)
+        return [paid_wei]
+
+    booking = PaymentBooking(escrow, harness.state.exposure)
+    claimer = Claimer(harness.state.ledger, submit, lambda receipt: paid_wei, ClaimPolicy(),
+                      on_paid=booking.on_paid, claiming=booking.claiming)
+    thread = threading.Thread(target=claimer.claim_all)
+    thread.start()
+    assert mined.wait(10)
+    return thread
+
+
 def test_a_step_during_a_claim_is_not_refused_for_what_the_claim_paid(harness: Harness) -> None:
     """Once a claim's transaction is mined the chain shows the allocation shrunk by what it paid, while the node
     still counts that amount unpaid until the claimer hears back. A step checked in that window waits for the
@@ -434,23 +455,24 @@ def test_a_step_during_a_claim_is_not_refused_for_what_the_claim_paid(harness: H
     escrow = Reserved(10 * PRICE)
     harness.state.escrow = escrow
     assert isinstance(session.forward(hidden(), session.claim(1, amount_wei=8 * PRICE)), StepResult)
-    mined = threading.Event()
-
-    def submit(items: object) -> list[int]:
-        escrow.wei = 2 * PRICE  # mined: the escrow paid the node 8 of the 10 reserved
-        mined.set()
-        time.sleep(0.5)  # the claimer has not heard back yet
-        return [8 * PRICE]
-
-    booking = PaymentBooking(escrow, harness.state.exposure)
-    claimer = Claimer(harness.state.ledger, submit, lambda receipt: 8 * PRICE, ClaimPolicy(),
-                      on_paid=booking.on_paid, claiming=booking.claiming)
-    claiming = threading.Thread(target=claimer.claim_all)
-    claiming.start()
-    assert mined.wait(10)
+    claiming = _claim_in_window(harness, escrow, 8 * PRICE, 2 * PRICE)
     assert isinstance(session.forward(hidden(), session.claim(2, amount_wei=9 * PRICE)), StepResult)
     claiming.join(10)
     _error(session.forward(hidden(), session.claim(3, amount_wei=11 * PRICE)), "insufficient_escrow")
+
+
+def test_an_open_during_a_claim_is_not_refused_for_what_the_claim_paid(harness: Harness) -> None:
+    """The same window at a session open: the open waits for the claim to be counted, then weighs what is left."""
+    session = harness.opened()
+    escrow = Reserved(10 * PRICE)
+    harness.state.escrow = escrow
+    assert isinstance(session.forward(hidden(), session.claim(1, amount_wei=8 * PRICE)), StepResult)
+    claiming = _claim_in_window(harness, escrow, 8 * PRICE, 2 * PRICE)
+    opened = harness.session().open(4)
+    claiming.join(10)
+    assert isinstance(opened, SessionOpened), opened
+    escrow.wei = 0  # and an open the reservation does not cover is still refused
+    _error(harness.session().open(4), "insufficient_escrow")
 
 
 def test_escrow_cover_is_shared_by_the_clients_sessions(harness: Harness) -> None:
