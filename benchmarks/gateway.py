@@ -17,40 +17,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import openai
 
 from client.inference import InferenceClient, SamplingParams
+from devkit.gateway import start_gateway
 from devkit.localnet import LocalNetwork, NodeSpec
 from p2pllm.models import resolve_model
 
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
-REPO = Path(__file__).resolve().parents[1]
 
 
 def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def start_gateway(net: LocalNetwork, model: str, account: int) -> tuple[subprocess.Popen[str], str]:
-    cmd = [sys.executable, "-m", "client.cli", "serve-api", "--port", "0", "--model", model, "--deployment",
-           str(net.deployment_file), "--dev-account", str(account), "--threads", "1", "--verify-rate", "0"]
-    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    assert process.stdout is not None
-    for line in process.stdout:
-        if line.startswith("READY "):
-            threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()
-            return process, line.split()[1]
-    raise RuntimeError("the gateway did not start")
 
 
 def in_process(client: InferenceClient, tokens: int) -> tuple[float, float, str]:
@@ -87,9 +71,9 @@ def main(argv: list[str] | None = None) -> int:
             LocalNetwork(Path(tmp), args.model, specs, log=say, node_threads=1) as net:
         net.chain(7).deposit(10**18)
         net.chain(8).deposit(10**18)
-        process, url = start_gateway(net, args.model, 7)
+        gateway = start_gateway(net.deployment_file, 7, "--verify-rate", "0", model=args.model)
         client = InferenceClient(net.chain(8), args.model, threads=1, verify_rate=0.0)
-        sdk = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=300)
+        sdk = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0, timeout=300)
         try:
             in_process(client, 8)
             over_api(sdk, args.model, 8)
@@ -104,8 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"API {api[-1][1]:.2f} tok/s (ttft {api[-1][0]:.3f} s)")
         finally:
             client.close()
-            process.terminate()
-            process.wait(30)
+            gateway.stop(30)
     tok_local = statistics.median(r[1] for r in local)
     tok_api = statistics.median(r[1] for r in api)
     ttft_local = statistics.median(r[0] for r in local)

@@ -14,16 +14,16 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import openai
 import pytest
 
+from devkit.gateway import GatewayProcess
+from devkit.gateway import start_gateway as start_gateway_process
 from devkit.localnet import LocalNetwork, NodeSpec
 from p2pllm.models import ModelSource
 
@@ -34,44 +34,14 @@ SCREENSHOT = REPO / "docs" / "gateway.png"
 QUESTION = "What is a peer-to-peer network? Answer in one sentence."
 
 
-@dataclass
-class Gateway:
-    process: subprocess.Popen[str]
-    url: str
-    lines: list[str]
-
+class Gateway(GatewayProcess):
     def sdk(self, key: str = "unused") -> openai.OpenAI:
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, timeout=120)
 
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
 
 def start_gateway(net: LocalNetwork, account: int, *extra: str, model: str = MODEL) -> Gateway:
-    cmd = [sys.executable, "-m", "client.cli", "serve-api", "--port", "0", "--model", model,
-           "--deployment", str(net.deployment_file), "--dev-account", str(account), "--threads", "1", *extra]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
-    lines: list[str] = []
-    assert process.stdout is not None
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if line.startswith("READY "):
-            url = line.split()[1]
-            threading.Thread(target=lambda: [lines.append(x) for x in process.stdout], daemon=True).start()
-            return Gateway(process, url, lines)
-    process.kill()
-    raise RuntimeError("gateway did not start:\n" + "".join(lines[-30:]))
+    running = start_gateway_process(net.deployment_file, account, *extra, model=model)
+    return Gateway(running.process, running.url, running.lines)
 
 
 @pytest.fixture(scope="module")
