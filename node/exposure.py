@@ -84,6 +84,10 @@ class Exposure:
         with self._claims:
             return self._claimed.get(key, 0), self._claiming.get(key, 0)
 
+    def claim_overlapped(self, client: str, mark: tuple[int, int]) -> bool:
+        """Whether a claim of `client`'s receipts ran at some time since `claim_mark` gave `mark`."""
+        return bool(mark[1]) or self.claim_mark(client) != mark
+
     def wait_claims(self, client: str, timeout_s: float) -> bool:
         """Wait until no claim of `client`'s receipts is under way; False if one still is after `timeout_s`."""
         key = client.lower()

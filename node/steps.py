@@ -75,7 +75,7 @@ def admit(state: AppState, session: NodeSession, position: int, tokens: int, cla
         except PaymentError as exc:
             # A claim of this client's receipts overlapped the check: the chain may have shown the allocation
             # after the claim while the standing still counted what it paid. Check again once it has ended.
-            overlapped = mark[1] or state.exposure.claim_mark(client) != mark
+            overlapped = state.exposure.claim_overlapped(client, mark)
             if exc.code != "insufficient_escrow" or not overlapped or retried:
                 raise StepFailure(exc.code, dict(exc.detail)) from exc
             if not blocking:

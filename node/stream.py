@@ -194,7 +194,7 @@ class StreamConnection:
                         reserved = state.escrow.reserved_wei(client, until, fresh=True)
             except EscrowUnavailable as exc:
                 raise StepFailure("chain_unavailable", {"reason": str(exc)}, state.retry_after_s) from exc
-            overlapped = mark[1] or state.exposure.claim_mark(client) != mark
+            overlapped = state.exposure.claim_overlapped(client, mark)
             if reserved >= unpaid + state.session_reserve_wei or attempt or not overlapped:
                 break
             state.exposure.wait_claims(client, state.claim_wait_s)
