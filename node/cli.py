@@ -40,6 +40,16 @@ from p2pllm.keys import KeyError_
 from p2pllm.models import DEFAULT_MODEL
 
 
+def parse_wave_fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from exc
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text!r}")
+    return value
+
+
 def parse_layers(text: str) -> tuple[int, int]:
     """'8-16' -> (8, 16), the half-open range [8, 16)."""
     try:
@@ -92,8 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--budget-tokens", type=int, default=8192, help="KV-cache budget in tokens")
     serve.add_argument("--max-batch", type=parse_positive_int, default=32,
                        help="most sessions' decode steps run as one batched forward (default 32; 1 = no batching)")
-    serve.add_argument("--batch-wait-ms", type=parse_non_negative_float, default=2.0,
-                       help="with several sessions open, wait up to this long to fill a batch (default 2)")
+    serve.add_argument("--batch-wait-ms", type=parse_non_negative_float, default=100.0,
+                       help="a step from a client waits at most this long for a wave of the other active "
+                            "sessions' steps (default 100; one active session never waits)")
+    serve.add_argument("--relay-wait-ms", type=parse_non_negative_float, default=10.0,
+                       help="a step relayed by another node waits at most this long for the rest of its "
+                            "upstream batch (default 10)")
+    serve.add_argument("--wave-fraction", type=parse_wave_fraction, default=0.5,
+                       help="a round starts once this fraction of the active sessions have a step ready "
+                            "(default 0.5: two alternating waves; 1 = one wave of all)")
     serve.add_argument("--prefill-chunk", type=parse_positive_int, default=128,
                        help="prompts are computed in chunks of this many tokens, between decode batches "
                             "(default 128)")
@@ -233,6 +250,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         auto_price=auto, advertised_compute_ms_per_layer=args.advertise_compute_ms,
         min_session_reserve_wei=args.min_session_reserve, tls_cert=args.tls_cert, tls_key=args.tls_key,
         ca_file=args.ca_file, max_batch=args.max_batch, batch_wait_s=args.batch_wait_ms / 1000,
+        relay_wait_s=args.relay_wait_ms / 1000, wave_fraction=args.wave_fraction,
         prefill_chunk=args.prefill_chunk,
         claim=ClaimPolicy(min_batch_wei=args.claim_min, max_age_s=args.claim_max_age, interval_s=args.claim_interval),
     )

@@ -300,6 +300,10 @@ class ShardExecutor:
         with self._lock:
             return [s.info() for s in self._sessions.values()]
 
+    def open_ids(self) -> frozenset[str]:
+        with self._lock:
+            return frozenset(self._sessions)
+
     @property
     def session_count(self) -> int:
         with self._lock:

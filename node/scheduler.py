@@ -5,9 +5,15 @@ position), then runs one chunk of at most `prefill_chunk` tokens of the oldest p
 holds the other sessions' decodes back by at most one chunk's compute per round, and a prefill advances every
 round, so no session starves.
 
-Policy: when more than one session is open, the worker waits up to `max_wait_s` for more decode steps while its
-batch is smaller than the number of open sessions (and `max_batch`); with one session open it never waits, so a
-lone session's latency is the unbatched path plus one thread hand-off.
+Policy (waves): a round starts when every session the node expects a step from soon (`node.cadence`: it keeps
+its cadence) has one queued, or when `wave_fraction` of them (rounded up, at most `max_batch`) have a decode step
+ready; otherwise the worker waits, until the oldest ready step has waited its bound: `max_wait_s` for a step
+straight from its client, `relay_wait_s` for one pushed by another node (the upstream node batched it already, so
+its siblings arrive within milliseconds). With one session active nothing waits, so a lone session's latency is
+the unbatched path plus one thread hand-off. Why a fraction of one half: a session's token spends its cycle in
+three or more places (the nodes of its route and its client's head), so a round of whatever is at the node when
+it frees up is about K/4 sessions, and a round of all K leaves the node idle while the heads run; two waves of
+K/2 that alternate keep the CPU busy with batches twice as large (README, "Batching", has the figures).
 
 A step's `after` callback runs on the worker right after its compute and before its result is released (the node
 stores the step's receipt there, so the output never leaves before the receipt is durable, and the event loop
@@ -30,6 +36,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from node.cadence import Cadence, wave_size
 from node.executor import ExecutorError, ShardExecutor
 
 After = Callable[[], None]
@@ -49,6 +56,8 @@ class _Job:
     done_tokens: int = 0
     pieces: list[torch.Tensor] = field(default_factory=list)
     compute_s: float = 0.0
+    wait_s: float = 0.0  # how long this step may wait for a fuller batch
+    queued_at: float = field(default_factory=time.monotonic)
 
     @property
     def tokens(self) -> int:
@@ -69,14 +78,18 @@ class Scheduler:
     """One compute worker over a `ShardExecutor`: `await run(...)` from the event loop, `submit(...)` from any
     thread."""
 
-    def __init__(self, executor: ShardExecutor, *, max_batch: int = 32, max_wait_s: float = 0.002,
-                 prefill_chunk: int = 128) -> None:
-        if max_batch < 1 or prefill_chunk < 1 or max_wait_s < 0:
-            raise ValueError(f"need max_batch >= 1, prefill_chunk >= 1, max_wait_s >= 0; got {max_batch}, "
-                             f"{prefill_chunk}, {max_wait_s}")
+    def __init__(self, executor: ShardExecutor, *, max_batch: int = 32, max_wait_s: float = 0.1,
+                 relay_wait_s: float = 0.01, wave_fraction: float = 0.5, prefill_chunk: int = 128) -> None:
+        if max_batch < 1 or prefill_chunk < 1 or max_wait_s < 0 or relay_wait_s < 0 or not 0 < wave_fraction <= 1:
+            raise ValueError(f"need max_batch >= 1, prefill_chunk >= 1, max_wait_s >= 0, relay_wait_s >= 0, "
+                             f"0 < wave_fraction <= 1; got {max_batch}, {prefill_chunk}, {max_wait_s}, "
+                             f"{relay_wait_s}, {wave_fraction}")
         self.executor = executor
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
+        self.relay_wait_s = relay_wait_s
+        self.wave_fraction = wave_fraction
+        self._cadence = Cadence(slack_s=max_wait_s)
         self.prefill_chunk = prefill_chunk
         self._queue: deque[_Job] = deque()
         self._prefill: _Job | None = None
@@ -93,20 +106,23 @@ class Scheduler:
 
     # ------------------------------------------------------------------------------------------ external
 
-    def submit(self, session_id: str, hidden: torch.Tensor, position: int,
-               after: After | None = None) -> concurrent.futures.Future[tuple[torch.Tensor, float]]:
-        """Queue a step; the future gives (output, compute seconds) or the error that refused it."""
-        job = _Job(session_id, hidden, position, after)
+    def submit(self, session_id: str, hidden: torch.Tensor, position: int, after: After | None = None,
+               relayed: bool = False) -> concurrent.futures.Future[tuple[torch.Tensor, float]]:
+        """Queue a step (`relayed`: pushed by another node, not sent by its client); the future gives (output,
+        compute seconds) or the error that refused it."""
+        job = _Job(session_id, hidden, position, after, wait_s=self.relay_wait_s if relayed else self.max_wait_s)
         with self._cond:
             if self._closing:
                 raise SchedulerClosed("the node is shutting down")
             self._queue.append(job)
+            if job.tokens == 1:
+                self._cadence.note(session_id, job.queued_at)
             self._cond.notify()
         return job.future
 
-    async def run(self, session_id: str, hidden: torch.Tensor, position: int,
-                  after: After | None = None) -> tuple[torch.Tensor, float]:
-        return await asyncio.wrap_future(self.submit(session_id, hidden, position, after))
+    async def run(self, session_id: str, hidden: torch.Tensor, position: int, after: After | None = None,
+                  relayed: bool = False) -> tuple[torch.Tensor, float]:
+        return await asyncio.wrap_future(self.submit(session_id, hidden, position, after, relayed))
 
     def load(self) -> Load:
         with self._cond:
@@ -150,18 +166,24 @@ class Scheduler:
                 self._busy = 0
 
     def _fill_wait(self) -> None:
-        """With the lock held: wait (bounded) for a fuller batch when several sessions are open."""
-        if self.max_wait_s <= 0 or self._closing:
+        """With the lock held: wait (bounded) for a wave of the sessions expected soon."""
+        if self._closing:
             return
-        wanted = min(self.max_batch, self.executor.session_count)
-        if wanted <= 1:
-            return
-        deadline = time.monotonic() + self.max_wait_s
-        while self._ready_decodes() < wanted and (left := deadline - time.monotonic()) > 0:
+        while True:
+            decodes = [job for job in self._queue if job.tokens == 1]
+            if not decodes:
+                return
+            now = time.monotonic()
+            queued = {job.session_id for job in self._queue}
+            expected = self._cadence.expected(now, self.executor.open_ids())
+            wanted = wave_size(len(expected | queued), self.wave_fraction, self.max_batch)
+            ready = len({job.session_id for job in decodes})
+            if expected <= queued or ready >= wanted:
+                return
+            left = min(job.queued_at + job.wait_s for job in decodes) - now
+            if left <= 0:
+                return
             self._cond.wait(left)
-
-    def _ready_decodes(self) -> int:
-        return len({job.session_id for job in self._queue if job.tokens == 1})
 
     def _take_decodes(self) -> list[_Job]:
         taken: list[_Job] = []

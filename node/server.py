@@ -73,7 +73,9 @@ class ServeSettings:
     auto_price: Any = None  # node.pricing_agent.AutoPriceSettings, when --auto-price is on
     min_session_reserve_wei: int | None = None  # None: one token at the current price
     max_batch: int = 32
-    batch_wait_s: float = 0.002
+    batch_wait_s: float = 0.1
+    relay_wait_s: float = 0.01
+    wave_fraction: float = 0.5
     prefill_chunk: int = 128
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -203,6 +205,7 @@ def serve(settings: ServeSettings, chain: Chain) -> int:
         say(f"claimed {report.receipts} receipt(s), {report.paid_wei} wei")
     sessions = SessionTable(executor)
     scheduler = Scheduler(executor, max_batch=settings.max_batch, max_wait_s=settings.batch_wait_s,
+                          relay_wait_s=settings.relay_wait_s, wave_fraction=settings.wave_fraction,
                           prefill_chunk=settings.prefill_chunk)
     metrics = Metrics({"p2pllm_active_sessions": ("Open sessions.", lambda: len(sessions)),
                        "p2pllm_queued_steps": ("Steps waiting for or in the compute worker.",

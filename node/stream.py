@@ -239,7 +239,7 @@ class StreamConnection:
             return
         try:
             out, compute_s = await state.scheduler.run(session.key, step.hidden, step.position,
-                                                       after=lambda: record(state, admission))
+                                                       after=lambda: record(state, admission), relayed=relayed)
         except Exception as exc:  # not served: the receipt no longer counts
             refund(state, session, admission)
             if isinstance(exc, ExecutorError):

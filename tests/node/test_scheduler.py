@@ -40,9 +40,8 @@ class GatedExecutor:
         self.batch_sizes.append(len(steps))
         return self.executor.forward_batch(steps)
 
-    @property
-    def session_count(self) -> int:
-        return self.executor.session_count
+    def open_ids(self) -> frozenset[str]:
+        return self.executor.open_ids()
 
 
 @pytest.fixture
@@ -60,8 +59,9 @@ def gated(executor: ShardExecutor) -> Iterator[tuple[GatedExecutor, Scheduler]]:
     scheduler.close(drain=False)
 
 
-def hold_worker(gate: GatedExecutor, scheduler: Scheduler) -> concurrent.futures.Future:
-    future = scheduler.submit("gate", torch.randn(1, 1, HIDDEN), 0)
+def hold_worker(gate: GatedExecutor, scheduler: Scheduler, relayed: bool = False) -> concurrent.futures.Future:
+    """Block the worker on a step of "gate" (`relayed`: one that waits only `relay_wait_s` for a wave)."""
+    future = scheduler.submit("gate", torch.randn(1, 1, HIDDEN), 0, relayed=relayed)
     assert gate.entered.wait(30)
     return future
 
@@ -193,6 +193,85 @@ def test_shutdown_drains_or_rejects(executor: ShardExecutor) -> None:
 
 
 def test_bad_settings_are_refused(executor: ShardExecutor) -> None:
-    for kwargs in ({"max_batch": 0}, {"prefill_chunk": 0}, {"max_wait_s": -1}):
+    for kwargs in ({"max_batch": 0}, {"prefill_chunk": 0}, {"max_wait_s": -1}, {"relay_wait_s": -1},
+                   {"wave_fraction": 0}, {"wave_fraction": 1.5}):
         with pytest.raises(ValueError):
             Scheduler(executor, **kwargs)  # type: ignore[arg-type]
+
+
+def keep_cadence(scheduler: Scheduler, sids: list[str], start: int, rounds: int = 3) -> int:
+    """Step every session of `sids` `rounds` times, together, so that the scheduler knows their cadence; the next
+    position."""
+    for step in range(rounds):
+        futures = [scheduler.submit(sid, torch.randn(1, 1, HIDDEN), start + step) for sid in sids]
+        for future in futures:
+            future.result(30)
+    return start + rounds
+
+
+def test_a_round_waits_for_a_wave_of_the_sessions_that_keep_their_cadence(executor: ShardExecutor) -> None:
+    """Three of four active sessions have a step ready: with `wave_fraction` 1 the worker waits for the fourth
+    and runs all four as one batch; a step relayed by another node waits only `relay_wait_s`."""
+    gate = GatedExecutor(executor)
+    scheduler = Scheduler(gate, max_batch=8, max_wait_s=10, relay_wait_s=0.05,  # type: ignore[arg-type]
+                          wave_fraction=1.0)
+    try:
+        sids = [f"w{i}" for i in range(4)]
+        for sid in sids:
+            open_with_prompt(executor, sid)
+        position = keep_cadence(scheduler, sids, 3)
+        executor.open_session(64, session_id="gate")
+        held = hold_worker(gate, scheduler, relayed=True)
+        early = [scheduler.submit(sid, torch.randn(1, 1, HIDDEN), position) for sid in sids[:3]]
+        gate.release.set()
+        held.result(30)
+        concurrent.futures.wait(early, timeout=0.5)
+        assert not any(f.done() for f in early)  # waiting for the fourth
+        last = scheduler.submit(sids[3], torch.randn(1, 1, HIDDEN), position)
+        for future in (*early, last):
+            future.result(30)
+        assert gate.batch_sizes[-1] == 4
+        # a relayed step of one session while the other three are expected: served after relay_wait_s
+        relayed = scheduler.submit(sids[0], torch.randn(1, 1, HIDDEN), position + 1, relayed=True)
+        relayed.result(5)  # far less than max_wait_s
+        assert gate.batch_sizes[-1] == 1
+    finally:
+        scheduler.close()
+
+
+def test_a_wave_starts_at_its_fraction_and_the_oldest_step_bounds_the_wait(executor: ShardExecutor) -> None:
+    gate = GatedExecutor(executor)
+    scheduler = Scheduler(gate, max_batch=8, max_wait_s=0.3, wave_fraction=0.5)  # type: ignore[arg-type]
+    try:
+        sids = [f"f{i}" for i in range(4)]
+        for sid in sids:
+            open_with_prompt(executor, sid)
+        position = keep_cadence(scheduler, sids, 3)
+        executor.open_session(64, session_id="gate")
+        held = hold_worker(gate, scheduler, relayed=True)
+        pair = [scheduler.submit(sid, torch.randn(1, 1, HIDDEN), position) for sid in sids[:2]]
+        gate.release.set()
+        held.result(30)
+        for future in pair:  # two of four: half, so no wait
+            future.result(5)
+        assert gate.batch_sizes[-1] == 2
+        lone = scheduler.submit(sids[2], torch.randn(1, 1, HIDDEN), position)
+        assert not concurrent.futures.wait([lone], timeout=0.1).done  # one of four: it waits ...
+        lone.result(5)  # ... but no longer than max_wait_s
+        assert gate.batch_sizes[-1] == 1
+    finally:
+        scheduler.close()
+
+
+def test_one_active_session_or_a_closed_one_never_holds_a_step(executor: ShardExecutor) -> None:
+    gate = GatedExecutor(executor)
+    scheduler = Scheduler(gate, max_batch=8, max_wait_s=30, wave_fraction=1.0)  # type: ignore[arg-type]
+    try:
+        for sid in ("x", "y"):
+            open_with_prompt(executor, sid)
+        position = keep_cadence(scheduler, ["x", "y"], 3)
+        executor.close_session("y")  # y's client went away: x alone is active
+        for step in range(3):
+            scheduler.submit("x", torch.randn(1, 1, HIDDEN), position + step).result(5)
+    finally:
+        scheduler.close()
