@@ -1,6 +1,7 @@
 """A network under load: K concurrent clients, each with its own wallet and session, through 3 real node processes.
 
-    python benchmarks/load.py [--ks 1,8,32] [--tokens 32] [--processes 8] [--node-cpus none] [--client-cpus none]
+    python benchmarks/load.py [--ks 1,8,32] [--tokens 32] [--repeats 3] [--processes 8] [--node-cpus none]
+                              [--client-cpus none]
     # prints one JSON line; progress on stderr
 
 anvil, the contracts and three `p2pnode serve` processes over SmolLM2-135M fp32 (layers 0–10, 10–20, 20–30),
@@ -10,14 +11,16 @@ one interpreter (as they would not share one machine); each loads its head, wait
 them, then generates `--tokens` tokens from a prompt of its own. `--node-cpus` and `--client-cpus` pin the nodes
 and the client processes (default: no pinning).
 
-Measured per K: aggregate tokens per second from the barrier to the last client done (`agg_tok_s_kK`), per-client
-decode tokens/s (`client_tok_s_p50_kK`, `client_tok_s_p99_kK`: the p99 of the slowest side, i.e. the 1st
-percentile of rates), each node's mean decode batch (`mean_batch_kK`, from its /metrics), `errors` (generations
-that raised), `speedup_k8` = agg_tok_s_k8 / agg_tok_s_k1. After the last K the nodes are stopped gracefully (they
-claim what they hold) and `settlement_exact` checks on chain that every (client, node, session) was paid exactly
-what the client's receipts for it said (price × tokens that node computed). `node_rss_mb` gives each node's
-resident memory at start and at the end, against its bound: start + its KV budget (`--budget-tokens` × the bytes
-a token's keys and values take in its layers).
+Every K runs `--repeats` times, the order of the Ks alternating (ascending, descending, ...) so that a drift of
+the host does not favour one K. Measured per K: the median over the runs of aggregate tokens per second from the
+barrier to the last client done (`agg_tok_s_kK`, each run in `agg_tok_s_kK_runs`), per-client decode tokens/s over
+all runs (`client_tok_s_p50_kK`, `client_tok_s_p99_kK`: the p99 of the slowest side, i.e. the 1st percentile of
+rates), each node's mean decode batch (`mean_batch_kK`, from its /metrics), `errors` (generations that raised),
+`speedup_k8` = median agg_tok_s_k8 / median agg_tok_s_k1 (and `speedup_k8_runs`, the ratio within each run).
+After the last run the nodes are stopped gracefully (they claim what they hold) and `settlement_exact` checks on
+chain that every (client, node, session) was paid exactly what the client's receipts for it said (price × tokens
+that node computed). `node_rss_mb` gives each node's resident memory at start and at the end, against its bound:
+start + its KV budget (`--budget-tokens` × the bytes a token's keys and values take in its layers).
 
 The clients share this machine's CPUs with the nodes (each client runs the embedding and the LM head for its own
 tokens), so on a small host the aggregate is bounded by the clients' own compute as well as by the nodes'.
@@ -156,14 +159,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--node-cpus", default="none",
                         help="CPU list the nodes are pinned to (`p2pnode serve --cpus`), or none")
     parser.add_argument("--client-cpus", default="none", help="CPU list the client processes are pinned to, or none")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs of every K, in alternating order (K ascending, then descending, ...); "
+                             "figures are medians over them")
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     node_cpus, client_cpus = parse_cpu_option(args.node_cpus), parse_cpu_option(args.client_cpus)
     ks = [int(k) for k in args.ks.split(",")]
     source = resolve_model("smollm2-135m")
     model = str(source.path)
     specs = [NodeSpec(name, start, end, "0.000001", account, ("--budget-tokens", str(BUDGET_TOKENS)))
              for name, start, end, account in (("A", 0, 10, 1), ("B", 10, 20, 2), ("C", 20, 30, 3))]
-    out: dict[str, object] = {"tokens": args.tokens, "ks": ks, "processes": args.processes,
+    out: dict[str, object] = {"tokens": args.tokens, "ks": ks, "processes": args.processes, "repeats": args.repeats,
                               "node_cpus": format_cpu_list(node_cpus) if node_cpus else "any",
                               "client_cpus": format_cpu_list(client_cpus) if client_cpus else "any"}
     errors = 0
@@ -175,22 +183,32 @@ def main(argv: list[str] | None = None) -> int:
         for name, node in net.nodes.items():
             rss[name] = [round(rss_mb(node.process.pid), 1)]
         pending: list[ClientOutcome] = []
+        aggs: dict[int, list[float]] = {k: [] for k in ks}
+        rates: dict[int, list[float]] = {k: [] for k in ks}
+        rounds: dict[int, dict[str, list[float]]] = {k: {name: [0, 0] for name in net.nodes} for k in ks}
+        for repeat in range(args.repeats):
+            for k in ks if repeat % 2 == 0 else list(reversed(ks)):
+                before = {name: decode_counters(node.endpoint) for name, node in net.nodes.items()}
+                agg, outcomes = run_k(net, model, k, args.tokens, args.processes, client_cpus)
+                after = {name: decode_counters(node.endpoint) for name, node in net.nodes.items()}
+                for name in after:
+                    rounds[k][name][0] += after[name][0] - before[name][0]
+                    rounds[k][name][1] += after[name][1] - before[name][1]
+                done = [o for o in outcomes if o.error is None]
+                rates[k] += [o.tokens_per_s for o in done]
+                failed = k - len(done)
+                errors += failed
+                pending += done
+                aggs[k].append(agg)
+                say(f"run {repeat + 1}/{args.repeats} K={k}: {agg:.1f} tok/s in all, {failed} error(s)")
         for k in ks:
-            before = {name: decode_counters(node.endpoint) for name, node in net.nodes.items()}
-            agg, outcomes = run_k(net, model, k, args.tokens, args.processes, client_cpus)
-            after = {name: decode_counters(node.endpoint) for name, node in net.nodes.items()}
-            out[f"mean_batch_k{k}"] = {name: round((after[name][1] - before[name][1])
-                                                   / max(after[name][0] - before[name][0], 1), 2) for name in after}
-            done = [o for o in outcomes if o.error is None]
-            rates = [o.tokens_per_s for o in done]
-            failed = k - len(done)
-            errors += failed
-            pending += done
-            out[f"agg_tok_s_k{k}"] = round(agg, 2)
-            if rates:
-                out[f"client_tok_s_p50_k{k}"] = round(statistics.median(rates), 2)
-                out[f"client_tok_s_p99_k{k}"] = round(sorted(rates)[int(0.01 * (len(rates) - 1))], 2)
-            say(f"K={k}: {agg:.1f} tok/s in all, {failed} error(s)")
+            out[f"mean_batch_k{k}"] = {name: round(steps / max(batches, 1), 2)
+                                       for name, (batches, steps) in rounds[k].items()}
+            out[f"agg_tok_s_k{k}"] = round(statistics.median(aggs[k]), 2)
+            out[f"agg_tok_s_k{k}_runs"] = [round(a, 2) for a in aggs[k]]
+            if rates[k]:
+                out[f"client_tok_s_p50_k{k}"] = round(statistics.median(rates[k]), 2)
+                out[f"client_tok_s_p99_k{k}"] = round(sorted(rates[k])[int(0.01 * (len(rates[k]) - 1))], 2)
         for name, node in net.nodes.items():
             rss[name].append(round(rss_mb(node.process.pid), 1))
         stopped = net.stop_nodes()  # graceful: each node claims what it holds
@@ -211,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
                 "node_rss_within_bound": all(end <= start + bound for start, end in rss.values())})
     if 1 in ks and 8 in ks:
         out["speedup_k8"] = round(float(out["agg_tok_s_k8"]) / float(out["agg_tok_s_k1"]), 2)  # type: ignore[arg-type]
+        out["speedup_k8_runs"] = [round(b / a, 2) for a, b in zip(aggs[1], aggs[8], strict=True)]  # same repeat
     targets_missed = [name for name, ok in (("errors", errors == 0), ("settlement_exact", exact),
                                             ("speedup_k8", float(out.get("speedup_k8", 3)) >= 3),  # type: ignore[arg-type]
                                             ("node_rss_within_bound", out["node_rss_within_bound"])) if not ok]

@@ -118,7 +118,7 @@ def measure(shard: Shard, ks: list[int], prefill: int, tokens: int, label: str, 
     rounds = 2
     for round_ in range(rounds):
         for k in ks if round_ % 2 == 0 else reversed(ks):
-            scheduler = Scheduler(executor, max_batch=max(ks), max_wait_s=0.002)
+            scheduler = Scheduler(executor, max_batch=max(ks))  # the node's default waits
             try:
                 result = asyncio.run(drive(scheduler, executor, k, prefill, tokens, shard.hidden_size, shard.dtype,
                                            shard.device))

@@ -7,13 +7,15 @@ round, so no session starves.
 
 Policy (waves): a round starts when every session the node expects a step from soon (`node.cadence`: it keeps
 its cadence) has one queued, or when `wave_fraction` of them (rounded up, at most `max_batch`) have a decode step
-ready; otherwise the worker waits, until the oldest ready step has waited its bound: `max_wait_s` for a step
-straight from its client, `relay_wait_s` for one pushed by another node (the upstream node batched it already, so
-its siblings arrive within milliseconds). With one session active nothing waits, so a lone session's latency is
-the unbatched path plus one thread hand-off. Why a fraction of one half: a session's token spends its cycle in
-three or more places (the nodes of its route and its client's head), so a round of whatever is at the node when
-it frees up is about K/4 sessions, and a round of all K leaves the node idle while the heads run; two waves of
-K/2 that alternate keep the CPU busy with batches twice as large (README, "Batching", has the figures).
+ready and no further step has arrived for `burst_gap_s` (the rest of a burst joins its wave). Short of the
+fraction the worker waits, until the oldest ready step has waited its bound: `max_wait_s` for a step straight
+from its client, `relay_wait_s` for one pushed by another node (the upstream node batched it already, so its
+siblings arrive within milliseconds). With one session active nothing waits, so a lone session's latency is the
+unbatched path plus one thread hand-off. Why a fraction of one half: a session's token spends its cycle in three
+or more places (the nodes of its route and its client's head), so a round of whatever is at the node when it
+frees up is about K/4 sessions, and a round of all K leaves the node idle while the heads run; two waves of K/2
+that alternate keep the CPU busy with batches twice as large. Sessions that all come back at once (one node, no
+other stage) still make one wave of all, by the burst rule. README, "Architecture", has the figures.
 
 A step's `after` callback runs on the worker right after its compute and before its result is released (the node
 stores the step's receipt there, so the output never leaves before the receipt is durable, and the event loop
@@ -79,16 +81,19 @@ class Scheduler:
     thread."""
 
     def __init__(self, executor: ShardExecutor, *, max_batch: int = 32, max_wait_s: float = 0.1,
-                 relay_wait_s: float = 0.01, wave_fraction: float = 0.5, prefill_chunk: int = 128) -> None:
-        if max_batch < 1 or prefill_chunk < 1 or max_wait_s < 0 or relay_wait_s < 0 or not 0 < wave_fraction <= 1:
-            raise ValueError(f"need max_batch >= 1, prefill_chunk >= 1, max_wait_s >= 0, relay_wait_s >= 0, "
+                 relay_wait_s: float = 0.01, wave_fraction: float = 0.5, burst_gap_s: float = 0.002,
+                 prefill_chunk: int = 128) -> None:
+        if max_batch < 1 or prefill_chunk < 1 or min(max_wait_s, relay_wait_s, burst_gap_s) < 0 \
+                or not 0 < wave_fraction <= 1:
+            raise ValueError(f"need max_batch >= 1, prefill_chunk >= 1, max_wait_s, relay_wait_s, burst_gap_s >= 0, "
                              f"0 < wave_fraction <= 1; got {max_batch}, {prefill_chunk}, {max_wait_s}, "
-                             f"{relay_wait_s}, {wave_fraction}")
+                             f"{relay_wait_s}, {burst_gap_s}, {wave_fraction}")
         self.executor = executor
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.relay_wait_s = relay_wait_s
         self.wave_fraction = wave_fraction
+        self.burst_gap_s = burst_gap_s
         self._cadence = Cadence(slack_s=max_wait_s)
         self.prefill_chunk = prefill_chunk
         self._queue: deque[_Job] = deque()
@@ -167,7 +172,7 @@ class Scheduler:
 
     def _fill_wait(self) -> None:
         """With the lock held: wait (bounded) for a wave of the sessions expected soon."""
-        if self._closing:
+        if self._closing or len(self._cadence) <= 1:  # one session stepping: nothing to wait for
             return
         while True:
             decodes = [job for job in self._queue if job.tokens == 1]
@@ -177,10 +182,11 @@ class Scheduler:
             queued = {job.session_id for job in self._queue}
             expected = self._cadence.expected(now, self.executor.open_ids())
             wanted = wave_size(len(expected | queued), self.wave_fraction, self.max_batch)
-            ready = len({job.session_id for job in decodes})
-            if expected <= queued or ready >= wanted:
+            if expected <= queued:
                 return
             left = min(job.queued_at + job.wait_s for job in decodes) - now
+            if len({job.session_id for job in decodes}) >= wanted:  # a wave: take the rest of its burst too
+                left = min(left, max(job.queued_at for job in self._queue) + self.burst_gap_s - now)
             if left <= 0:
                 return
             self._cond.wait(left)
