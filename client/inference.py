@@ -269,6 +269,8 @@ class InferenceClient:
 
         def next_token(hidden: torch.Tensor) -> int:
             with torch.inference_mode():
+                if params.temperature == 0:
+                    return self.head.greedy(hidden[:, -1:])
                 return sample(self.head.logits(hidden[:, -1:])[0, -1], params, generator)
 
         verifier = self._verifier()
