@@ -7,8 +7,10 @@
 anvil, the contracts and three `p2pnode serve` processes over SmolLM2-135M fp32 (layers 0–10, 10–20, 20–30),
 started by `LocalNetwork`. For each K, K fresh wallets are funded on anvil; the K clients (`InferenceClient`s,
 relay mode, greedy) are spread over up to `--processes` worker processes, a thread each, so that they do not share
-one interpreter (as they would not share one machine); each loads its head, waits at a barrier shared by all of
-them, then generates `--tokens` tokens from a prompt of its own. `--node-cpus` and `--client-cpus` pin the nodes
+one interpreter (as they would not share one machine); each loads its head and warms up with a one-token
+generation (it discovers the market and reserves escrow for two sessions in one deposit: what a client does once,
+not per generation), waits at a barrier shared by all of them, then generates `--tokens` tokens from a prompt of
+its own. `--node-cpus` and `--client-cpus` pin the nodes
 and the client processes (default: no pinning).
 
 Every K runs `--repeats` times, the order of the Ks alternating (ascending, descending, ...) so that a drift of
@@ -79,8 +81,8 @@ class ClientOutcome:
 def _clients(rpc_url: str, deployment: Deployment, model: str, jobs: list[tuple[int, str]], tokens: int,
              barrier: Barrier, results: Queue, cpus: frozenset[int] | None) -> None:
     """A worker process (on `cpus` when given): one thread per client in `jobs` ((index, private key)); each
-    loads its head, waits at the barrier shared with every other client and the parent, generates, and puts its
-    `ClientOutcome`."""
+    loads its head, warms up (one token: market discovery and escrow deposit), waits at the barrier shared with
+    every other client and the parent, generates, and puts its `ClientOutcome`."""
     if cpus is not None:
         pin_process(cpus)
 
@@ -89,12 +91,14 @@ def _clients(rpc_url: str, deployment: Deployment, model: str, jobs: list[tuple[
         inference: InferenceClient | None = None
         try:
             chain = Chain.connect(rpc_url, account, deployment)
-            inference = InferenceClient(chain, model, threads=1, reserve_ahead=1, verify_rate=0.0)
+            inference = InferenceClient(chain, model, threads=1, reserve_ahead=2, verify_rate=0.0)
             prompt = [1, *range(100 + 7 * i, 100 + 7 * i + 4 + i % 5)]
+            warm = GenerationResult(2)
+            list(inference.generate([1, 2], 1, alpha=1.0, result=warm, stop_at_eos=False))
             result = GenerationResult(len(prompt))
             barrier.wait(600)
             list(inference.generate(prompt, tokens, alpha=1.0, result=result, stop_at_eos=False))
-            hops = tuple((h.node, h.session_id, h.cost_wei) for h in result.hops)
+            hops = tuple((h.node, h.session_id, h.cost_wei) for h in (*warm.hops, *result.hops))
             results.put(ClientOutcome(account.address, len(result.token_ids), result.tokens_per_s, hops,
                                       time.monotonic()))
         except Exception as exc:  # counted as an error, reported

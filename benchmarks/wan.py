@@ -119,7 +119,7 @@ class LocalPipeline:
             hidden = executor.forward(session, hidden, positions)
         if gap_s:
             time.sleep(gap_s)
-        return int(self.head.logits(hidden[:, -1:])[0, -1].argmax())
+        return self.head.greedy(hidden[:, -1:])  # as the client picks a greedy token
 
 
 def distributed_generate(client: InferenceClient, ids: list[int], tokens: int) -> GenerationResult:
