@@ -7,15 +7,18 @@ round, so no session starves.
 
 Policy (waves): a round starts when every session the node expects a step from soon (`node.cadence`: it keeps
 its cadence) has one queued, or when `wave_fraction` of them (rounded up, at most `max_batch`) have a decode step
-ready and no further step has arrived for `burst_gap_s` (the rest of a burst joins its wave). Short of the
-fraction the worker waits, until the oldest ready step has waited its bound: `max_wait_s` for a step straight
-from its client, `relay_wait_s` for one pushed by another node (the upstream node batched it already, so its
-siblings arrive within milliseconds). With one session active nothing waits, so a lone session's latency is the
-unbatched path plus one thread hand-off. Why a fraction of one half: a session's token spends its cycle in three
-or more places (the nodes of its route and its client's head), so a round of whatever is at the node when it
-frees up is about K/4 sessions, and a round of all K leaves the node idle while the heads run; two waves of K/2
-that alternate keep the CPU busy with batches twice as large. Sessions that all come back at once (one node, no
-other stage) still make one wave of all, by the burst rule. README, "Architecture", has the figures.
+ready and no further step has arrived, nor a round's results been released, for `burst_gap_s` (the rest of a
+burst joins its wave, and so do sessions that come straight back). Short of the fraction the worker waits, until
+a ready step has waited its bound since it arrived or since the last round ended, whichever is later (so the
+worker idles at most that long): `max_wait_s` for a step straight from its client, `relay_wait_s` for one pushed
+by another node (the upstream node batched it already, so its siblings arrive within milliseconds). With one
+session active nothing waits, so a lone session's latency is the unbatched path plus one thread hand-off.
+
+Why a fraction of one half: a session's token spends its cycle in three or more places (the nodes of its route
+and its client's head), so a round of whatever is at the node when it frees up is about K/4 sessions, and a
+round of all K leaves the node idle while the heads run; two waves of K/2 that alternate keep the CPU busy with
+batches twice as large. Sessions that all come back at once (one node, no other stage) still make one wave of
+all, by the burst rule. README, "Architecture", has the figures.
 
 A step's `after` callback runs on the worker right after its compute and before its result is released (the node
 stores the step's receipt there, so the output never leaves before the receipt is durable, and the event loop
@@ -94,6 +97,7 @@ class Scheduler:
         self.relay_wait_s = relay_wait_s
         self.wave_fraction = wave_fraction
         self.burst_gap_s = burst_gap_s
+        self._released_at = 0.0  # when the last round's results were released (its sessions may be right back)
         self._cadence = Cadence(slack_s=max_wait_s)
         self.prefill_chunk = prefill_chunk
         self._queue: deque[_Job] = deque()
@@ -184,9 +188,11 @@ class Scheduler:
             wanted = wave_size(len(expected | queued), self.wave_fraction, self.max_batch)
             if expected <= queued:
                 return
-            left = min(job.queued_at + job.wait_s for job in decodes) - now
+            free = self._released_at  # the worker idles for a wave from when it could have run the step
+            left = min(max(job.queued_at, free) + job.wait_s for job in decodes) - now
             if len({job.session_id for job in decodes}) >= wanted:  # a wave: take the rest of its burst too
-                left = min(left, max(job.queued_at for job in self._queue) + self.burst_gap_s - now)
+                last = max(max(job.queued_at for job in self._queue), self._released_at)
+                left = min(left, last + self.burst_gap_s - now)
             if left <= 0:
                 return
             self._cond.wait(left)
@@ -240,6 +246,8 @@ class Scheduler:
                 _fail(job, result)
             else:
                 _finish(job, result, compute_s)
+        with self._cond:
+            self._released_at = time.monotonic()
 
     def _run_prefill_chunk(self, job: _Job) -> None:
         start = job.done_tokens
