@@ -1,7 +1,7 @@
 """A network under load: K concurrent clients, each with its own wallet and session, through 3 real node processes.
 
     python benchmarks/load.py [--ks 1,8,32] [--tokens 32] [--repeats 3] [--processes 8] [--node-cpus none]
-                              [--client-cpus none]
+                              [--client-cpus none] [--node-flags "--wave-fraction 1"]
     # prints one JSON line; progress on stderr
 
 anvil, the contracts and three `p2pnode serve` processes over SmolLM2-135M fp32 (layers 0–10, 10–20, 20–30),
@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import shlex
 import statistics
 import sys
 import tempfile
@@ -163,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--node-cpus", default="none",
                         help="CPU list the nodes are pinned to (`p2pnode serve --cpus`), or none")
     parser.add_argument("--client-cpus", default="none", help="CPU list the client processes are pinned to, or none")
+    parser.add_argument("--node-flags", default="",
+                        help="extra `p2pnode serve` flags for every node, e.g. \"--wave-fraction 1\"")
     parser.add_argument("--repeats", type=int, default=3,
                         help="runs of every K, in alternating order (K ascending, then descending, ...); "
                              "figures are medians over them")
@@ -173,9 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     ks = [int(k) for k in args.ks.split(",")]
     source = resolve_model("smollm2-135m")
     model = str(source.path)
-    specs = [NodeSpec(name, start, end, "0.000001", account, ("--budget-tokens", str(BUDGET_TOKENS)))
+    flags = ("--budget-tokens", str(BUDGET_TOKENS), *shlex.split(args.node_flags))
+    specs = [NodeSpec(name, start, end, "0.000001", account, flags)
              for name, start, end, account in (("A", 0, 10, 1), ("B", 10, 20, 2), ("C", 20, 30, 3))]
     out: dict[str, object] = {"tokens": args.tokens, "ks": ks, "processes": args.processes, "repeats": args.repeats,
+                              "node_flags": args.node_flags,
                               "node_cpus": format_cpu_list(node_cpus) if node_cpus else "any",
                               "client_cpus": format_cpu_list(client_cpus) if client_cpus else "any"}
     errors = 0
