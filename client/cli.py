@@ -46,6 +46,7 @@ from p2pllm.cli_common import (
     format_duration,
     format_eth,
     format_time,
+    fraction_parser,
     parse_cpus,
     parse_eth,
     parse_non_negative_float,
@@ -101,16 +102,6 @@ def parse_token_ids(text: str) -> list[int]:
     return ids
 
 
-def _top_p(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from exc
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"top-p must be in (0, 1], got {text!r}")
-    return value
-
-
 # --------------------------------------------------------------------------------------------- parser
 
 
@@ -135,7 +126,8 @@ def _add_generation_options(parser: argparse.ArgumentParser, max_new_tokens: int
                         help="refuse a route dearer than this many ETH per token")
     parser.add_argument("--temperature", type=parse_non_negative_float, default=0.0,
                         help="sampling temperature; 0 = greedy (default 0)")
-    parser.add_argument("--top-p", type=_top_p, default=1.0, help="nucleus sampling mass in (0, 1] (default 1)")
+    parser.add_argument("--top-p", type=fraction_parser("top-p"), default=1.0,
+                        help="nucleus sampling mass in (0, 1] (default 1)")
     parser.add_argument("--seed", type=int, help="seed for sampling (reproducible output)")
     parser.add_argument("--transport", choices=["relay", "star"], default="relay",
                         help="relay: each node pushes its output to the next (default); star: the client feeds "

@@ -29,6 +29,7 @@ from p2pllm.cli_common import (
     format_duration,
     format_eth,
     format_time,
+    fraction_parser,
     parse_cpus,
     parse_eth,
     parse_non_negative_float,
@@ -38,16 +39,6 @@ from p2pllm.cli_common import (
 )
 from p2pllm.keys import KeyError_
 from p2pllm.models import DEFAULT_MODEL
-
-
-def parse_wave_fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from exc
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text!r}")
-    return value
 
 
 def parse_layers(text: str) -> tuple[int, int]:
@@ -108,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--relay-wait-ms", type=parse_non_negative_float, default=10.0,
                        help="a step relayed by another node waits at most this long for the rest of its "
                             "upstream batch (default 10)")
-    serve.add_argument("--wave-fraction", type=parse_wave_fraction, default=0.5,
+    serve.add_argument("--wave-fraction", type=fraction_parser("wave fraction"), default=0.5,
                        help="a round starts once this fraction of the active sessions have a step ready "
                             "(default 0.5: two alternating waves; 1 = one wave of all)")
     serve.add_argument("--prefill-chunk", type=parse_positive_int, default=128,

@@ -305,11 +305,6 @@ class ShardExecutor:
             return frozenset(self._sessions)
 
     @property
-    def session_count(self) -> int:
-        with self._lock:
-            return len(self._sessions)
-
-    @property
     def in_use_tokens(self) -> int:
         with self._lock:
             return self._in_use

@@ -7,7 +7,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -99,6 +99,21 @@ def parse_positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
     return value
+
+
+def fraction_parser(what: str) -> Callable[[str], float]:
+    """An argparse type for a number in (0, 1]; errors name `what`."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from exc
+        if not 0 < value <= 1:
+            raise argparse.ArgumentTypeError(f"{what} must be in (0, 1], got {text!r}")
+        return value
+
+    return parse
 
 
 def parse_eth(text: str) -> int:
