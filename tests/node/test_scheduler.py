@@ -6,8 +6,10 @@ blocks the worker until released) lines up the queue deterministically."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import threading
 from collections.abc import Iterator
+from concurrent.futures import Future
 
 import pytest
 import torch
@@ -209,19 +211,29 @@ def keep_cadence(scheduler: Scheduler, sids: list[str], start: int, rounds: int 
     return start + rounds
 
 
-def test_a_round_waits_for_a_wave_of_the_sessions_that_keep_their_cadence(executor: ShardExecutor) -> None:
-    """Three of four active sessions have a step ready: with `wave_fraction` 1 the worker waits for the fourth
-    and runs all four as one batch; a step relayed by another node waits only `relay_wait_s`."""
+@contextlib.contextmanager
+def held_with_cadence(executor: ShardExecutor, prefix: str,
+                      **settings: float) -> Iterator[tuple[GatedExecutor, Scheduler, list[str], int, Future]]:
+    """Four sessions that keep a cadence on a gated scheduler (`settings`), and the worker held on a relayed
+    "gate" step: (gate, scheduler, session ids, their next position, the held step)."""
     gate = GatedExecutor(executor)
-    scheduler = Scheduler(gate, max_batch=8, max_wait_s=10, relay_wait_s=0.05,  # type: ignore[arg-type]
-                          wave_fraction=1.0)
+    scheduler = Scheduler(gate, max_batch=8, **settings)  # type: ignore[arg-type]
     try:
-        sids = [f"w{i}" for i in range(4)]
+        sids = [f"{prefix}{i}" for i in range(4)]
         for sid in sids:
             open_with_prompt(executor, sid)
         position = keep_cadence(scheduler, sids, 3)
         executor.open_session(64, session_id="gate")
-        held = hold_worker(gate, scheduler, relayed=True)
+        yield gate, scheduler, sids, position, hold_worker(gate, scheduler, relayed=True)
+    finally:
+        scheduler.close()
+
+
+def test_a_round_waits_for_a_wave_of_the_sessions_that_keep_their_cadence(executor: ShardExecutor) -> None:
+    """Three of four active sessions have a step ready: with `wave_fraction` 1 the worker waits for the fourth
+    and runs all four as one batch; a step relayed by another node waits only `relay_wait_s`."""
+    with held_with_cadence(executor, "w", max_wait_s=10, relay_wait_s=0.05, wave_fraction=1.0) as (
+            gate, scheduler, sids, position, held):
         early = [scheduler.submit(sid, torch.randn(1, 1, HIDDEN), position) for sid in sids[:3]]
         gate.release.set()
         held.result(30)
@@ -235,20 +247,11 @@ def test_a_round_waits_for_a_wave_of_the_sessions_that_keep_their_cadence(execut
         relayed = scheduler.submit(sids[0], torch.randn(1, 1, HIDDEN), position + 1, relayed=True)
         relayed.result(5)  # far less than max_wait_s
         assert gate.batch_sizes[-1] == 1
-    finally:
-        scheduler.close()
 
 
 def test_a_wave_starts_at_its_fraction_and_the_oldest_step_bounds_the_wait(executor: ShardExecutor) -> None:
-    gate = GatedExecutor(executor)
-    scheduler = Scheduler(gate, max_batch=8, max_wait_s=0.3, wave_fraction=0.5)  # type: ignore[arg-type]
-    try:
-        sids = [f"f{i}" for i in range(4)]
-        for sid in sids:
-            open_with_prompt(executor, sid)
-        position = keep_cadence(scheduler, sids, 3)
-        executor.open_session(64, session_id="gate")
-        held = hold_worker(gate, scheduler, relayed=True)
+    with held_with_cadence(executor, "f", max_wait_s=0.3, wave_fraction=0.5) as (
+            gate, scheduler, sids, position, held):
         pair = [scheduler.submit(sid, torch.randn(1, 1, HIDDEN), position) for sid in sids[:2]]
         gate.release.set()
         held.result(30)
@@ -259,8 +262,6 @@ def test_a_wave_starts_at_its_fraction_and_the_oldest_step_bounds_the_wait(execu
         assert not concurrent.futures.wait([lone], timeout=0.1).done  # one of four: it waits ...
         lone.result(5)  # ... but no longer than max_wait_s
         assert gate.batch_sizes[-1] == 1
-    finally:
-        scheduler.close()
 
 
 def test_one_active_session_or_a_closed_one_never_holds_a_step(executor: ShardExecutor) -> None:
