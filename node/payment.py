@@ -24,7 +24,7 @@ log = logging.getLogger("p2pnode.payment")
 class PaymentError(Exception):
     """A receipt the node will not serve for; `code` is machine-readable, `detail` human-readable data."""
 
-    def __init__(self, code: str, **detail: object) -> None:
+    def __init__(self, code: str, /, **detail: object) -> None:
         self.code = code
         self.detail = detail
         super().__init__(f"{code}: {detail}")

@@ -49,7 +49,7 @@ _WIRE_NUMPY: dict[torch.dtype, np.dtype] = {torch.float32: np.dtype("<f4"), torc
 class CodecError(ValueError):
     """A tensor could not be encoded or a payload failed validation; `reason` says which check."""
 
-    def __init__(self, reason: str, **detail: Any) -> None:
+    def __init__(self, reason: str, /, **detail: Any) -> None:
         self.reason = reason
         self.detail = detail
         shown = ", ".join(f"{k}={v!r}" for k, v in detail.items())

@@ -53,7 +53,7 @@ _UINT256 = 2**256
 class WireError(ValueError):
     """A frame or message that does not follow the protocol; `code` is stable, `detail` holds data."""
 
-    def __init__(self, code: str, **detail: Any) -> None:
+    def __init__(self, code: str, /, **detail: Any) -> None:
         self.code = code
         self.detail = detail
         super().__init__(code + (f" ({', '.join(f'{k}={v!r}' for k, v in detail.items())})" if detail else ""))

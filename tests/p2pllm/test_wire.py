@@ -103,11 +103,18 @@ def _with_meta(frame: bytes, change: dict) -> bytes:
     (lambda f: _with_meta(f, {"receipt": "nope"}), "bad_receipt"),
     (lambda f: _drop(f, "position"), "missing_field"),
     (lambda f: f[:-4], "length_mismatch"),
+    (lambda f: _tensor_byte(f, 5, 0), "unknown_dtype"),  # its detail has a "code" too (found by the stream fuzz)
 ])
 def test_malformed_frames_are_refused_with_a_code(mangle: object, code: str) -> None:
     with pytest.raises(WireError) as refused:
         parse(mangle(encode(_step())))  # type: ignore[operator]
     assert refused.value.code == code, refused.value
+
+
+def _tensor_byte(frame: bytes, offset: int, value: int) -> bytes:
+    """`frame` with byte `offset` of its tensor payload (`p2pllm.codec`'s header: 5 is the dtype code) set."""
+    at = HEADER_BYTES + int.from_bytes(frame[4:8], "little") + offset
+    return frame[:at] + bytes([value]) + frame[at + 1:]
 
 
 def _drop(frame: bytes, name: str) -> bytes:
