@@ -30,6 +30,7 @@ class GatedExecutor:
         self.release = threading.Event()
         self.entered = threading.Event()
         self.batch_sizes: list[int] = []
+        self.prompt_batches: list[int] = []
 
     def forward(self, session_id: str, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         if session_id == "gate":
@@ -41,6 +42,10 @@ class GatedExecutor:
     def forward_batch(self, steps: list) -> list:
         self.batch_sizes.append(len(steps))
         return self.executor.forward_batch(steps)
+
+    def prefill_batch(self, steps: list) -> list:
+        self.prompt_batches.append(len(steps))
+        return self.executor.prefill_batch(steps)
 
     def open_ids(self) -> frozenset[str]:
         return self.executor.open_ids()
@@ -145,6 +150,38 @@ def test_a_long_prefill_does_not_stall_decodes(gated: tuple[GatedExecutor, Sched
     assert done.index("decode0") < done.index("prompt") and done.index("decode2") < done.index("prompt")
 
 
+def test_fresh_prompts_queued_together_run_as_one_batch(executor: ShardExecutor,
+                                                       tiny_llama_source: ModelSource) -> None:
+    """Prompts of 3, 4 and 2 tokens and one of an unknown session, queued behind the gate, run as one padded
+    batch of four (4 × 4 tokens fit the 16-token chunk) and equal each prompt alone; the unknown one fails alone,
+    and a 20-token prompt, longer than a chunk, still goes through in chunks by itself."""
+    reference = ShardExecutor(load_shard(tiny_llama_source, 0, 4), budget_tokens=4096)
+    gate = GatedExecutor(executor)
+    scheduler = Scheduler(gate, max_batch=8, max_wait_s=0, prefill_chunk=16)  # type: ignore[arg-type]
+    try:
+        executor.open_session(64, session_id="gate")
+        prompts = {"a": torch.randn(1, 3, HIDDEN), "b": torch.randn(1, 4, HIDDEN), "c": torch.randn(1, 2, HIDDEN),
+                   "long": torch.randn(1, 20, HIDDEN)}
+        for sid in prompts:
+            executor.open_session(64, session_id=sid)
+            reference.open_session(64, session_id=sid)
+        held = hold_worker(gate, scheduler)
+        futures = {sid: scheduler.submit(sid, x, 0) for sid, x in prompts.items()}
+        ghost = scheduler.submit("ghost", torch.randn(1, 3, HIDDEN), 0)
+        gate.release.set()
+        held.result(30)
+        for sid, x in prompts.items():
+            got = futures[sid].result(30)[0]
+            want = reference.forward(sid, x, torch.arange(x.shape[1]))
+            assert got.shape == want.shape and (got - want).abs().max() <= 1e-4 * want.abs().max()
+        with pytest.raises(UnknownSession):
+            ghost.result(30)
+        assert gate.prompt_batches == [4]
+        assert executor.session("long").length == 20
+    finally:
+        scheduler.close()
+
+
 def test_after_runs_before_the_result_and_its_failure_fails_that_step_only(
         gated: tuple[GatedExecutor, Scheduler], executor: ShardExecutor) -> None:
     gate, scheduler = gated
@@ -203,9 +240,11 @@ def test_bad_settings_are_refused(executor: ShardExecutor) -> None:
 
 def keep_cadence(scheduler: Scheduler, sids: list[str], start: int, rounds: int = 3) -> int:
     """Step every session of `sids` `rounds` times, together, so that the scheduler knows their cadence; the next
-    position."""
+    position. Each round's steps are queued under the scheduler's lock: were the worker to take the first alone,
+    the others would wait their bound for it (this harness sends the next round only when all are back)."""
     for step in range(rounds):
-        futures = [scheduler.submit(sid, torch.randn(1, 1, HIDDEN), start + step) for sid in sids]
+        with scheduler._cond:
+            futures = [scheduler.submit(sid, torch.randn(1, 1, HIDDEN), start + step) for sid in sids]
         for future in futures:
             future.result(30)
     return start + rounds
