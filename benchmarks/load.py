@@ -17,7 +17,9 @@ Every K runs `--repeats` times, the order of the Ks alternating (ascending, desc
 the host does not favour one K. Measured per K: the median over the runs of aggregate tokens per second from the
 barrier to the last client done (`agg_tok_s_kK`, each run in `agg_tok_s_kK_runs`), per-client decode tokens/s over
 all runs (`client_tok_s_p50_kK`, `client_tok_s_p99_kK`: the p99 of the slowest side, i.e. the 1st percentile of
-rates), each node's mean decode batch (`mean_batch_kK`, from its /metrics), `errors` (generations that raised),
+rates), each client's time to first token (`ttft_s_p50_kK`, `ttft_s_max_kK`), each node's mean decode batch
+(`mean_batch_kK`, from its /metrics) and how many prompts it ran in batched prefills (`prompts_batched_kK`: "P in
+B" forwards), `errors` (generations that raised),
 `speedup_k8` = median agg_tok_s_k8 / median agg_tok_s_k1 (and `speedup_k8_runs`, the ratio within each run).
 After the last run the nodes are stopped gracefully (they claim what they hold) and `settlement_exact` checks on
 chain that every (client, node, session) was paid exactly what the client's receipts for it said (price × tokens
@@ -76,6 +78,7 @@ class ClientOutcome:
     tokens_per_s: float
     hops: tuple[tuple[str, bytes, int], ...]  # (node, session id, cost in wei) per hop
     finished: float  # time.monotonic() when it ended: CLOCK_MONOTONIC, one clock for all processes
+    ttft_s: float = 0.0  # route session open + prefill through every hop + the first token from the head
     error: str | None = None
 
 
@@ -101,9 +104,10 @@ def _clients(rpc_url: str, deployment: Deployment, model: str, jobs: list[tuple[
             list(inference.generate(prompt, tokens, alpha=1.0, result=result, stop_at_eos=False))
             hops = tuple((h.node, h.session_id, h.cost_wei) for h in (*warm.hops, *result.hops))
             results.put(ClientOutcome(account.address, len(result.token_ids), result.tokens_per_s, hops,
-                                      time.monotonic()))
+                                      time.monotonic(), result.ttft_s))
         except Exception as exc:  # counted as an error, reported
-            results.put(ClientOutcome(account.address, 0, 0.0, (), time.monotonic(), f"{type(exc).__name__}: {exc}"))
+            results.put(ClientOutcome(account.address, 0, 0.0, (), time.monotonic(),
+                                      error=f"{type(exc).__name__}: {exc}"))
         finally:
             if inference is not None:
                 inference.close()
@@ -115,14 +119,18 @@ def _clients(rpc_url: str, deployment: Deployment, model: str, jobs: list[tuple[
         thread.join()
 
 
-def decode_counters(endpoint: str) -> tuple[float, float]:
-    """(decode rounds, decode steps) a node has run, from its /metrics."""
+COUNTERS = ("p2pllm_decode_batches", "p2pllm_decode_batched_steps", "p2pllm_prompt_batches",
+            "p2pllm_batched_prompts")
+
+
+def batch_counters(endpoint: str) -> list[float]:
+    """(decode rounds, decode steps, batched prefills, prompts in them) a node has run, from its /metrics."""
     values = {}
     for line in httpx.get(f"{endpoint}/metrics", timeout=10).text.splitlines():
         name, _, value = line.partition(" ")
-        if name in ("p2pllm_decode_batches", "p2pllm_decode_batched_steps"):
+        if name in COUNTERS:
             values[name] = float(value)
-    return values["p2pllm_decode_batches"], values["p2pllm_decode_batched_steps"]
+    return [values[name] for name in COUNTERS]
 
 
 def run_k(net: LocalNetwork, model: str, k: int, tokens: int, processes: int,
@@ -194,17 +202,20 @@ def main(argv: list[str] | None = None) -> int:
         pending: list[ClientOutcome] = []
         aggs: dict[int, list[float]] = {k: [] for k in ks}
         rates: dict[int, list[float]] = {k: [] for k in ks}
-        rounds: dict[int, dict[str, list[float]]] = {k: {name: [0, 0] for name in net.nodes} for k in ks}
+        ttfts: dict[int, list[float]] = {k: [] for k in ks}
+        rounds: dict[int, dict[str, list[float]]] = {k: {name: [0.0] * len(COUNTERS) for name in net.nodes}
+                                                     for k in ks}
         for repeat in range(args.repeats):
             for k in ks if repeat % 2 == 0 else list(reversed(ks)):
-                before = {name: decode_counters(node.endpoint) for name, node in net.nodes.items()}
+                before = {name: batch_counters(node.endpoint) for name, node in net.nodes.items()}
                 agg, outcomes = run_k(net, model, k, args.tokens, args.processes, client_cpus)
-                after = {name: decode_counters(node.endpoint) for name, node in net.nodes.items()}
+                after = {name: batch_counters(node.endpoint) for name, node in net.nodes.items()}
                 for name in after:
-                    rounds[k][name][0] += after[name][0] - before[name][0]
-                    rounds[k][name][1] += after[name][1] - before[name][1]
+                    for i in range(len(COUNTERS)):
+                        rounds[k][name][i] += after[name][i] - before[name][i]
                 done = [o for o in outcomes if o.error is None]
                 rates[k] += [o.tokens_per_s for o in done]
+                ttfts[k] += [o.ttft_s for o in done]
                 failed = k - len(done)
                 errors += failed
                 pending += done
@@ -212,12 +223,16 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"run {repeat + 1}/{args.repeats} K={k}: {agg:.1f} tok/s in all, {failed} error(s)")
         for k in ks:
             out[f"mean_batch_k{k}"] = {name: round(steps / max(batches, 1), 2)
-                                       for name, (batches, steps) in rounds[k].items()}
+                                       for name, (batches, steps, _, _) in rounds[k].items()}
+            out[f"prompts_batched_k{k}"] = {name: f"{int(prompts)} in {int(batches)}"
+                                            for name, (_, _, batches, prompts) in rounds[k].items()}
             out[f"agg_tok_s_k{k}"] = round(statistics.median(aggs[k]), 2)
             out[f"agg_tok_s_k{k}_runs"] = [round(a, 2) for a in aggs[k]]
             if rates[k]:
                 out[f"client_tok_s_p50_k{k}"] = round(statistics.median(rates[k]), 2)
                 out[f"client_tok_s_p99_k{k}"] = round(sorted(rates[k])[int(0.01 * (len(rates[k]) - 1))], 2)
+                out[f"ttft_s_p50_k{k}"] = round(statistics.median(ttfts[k]), 3)
+                out[f"ttft_s_max_k{k}"] = round(max(ttfts[k]), 3)
         for name, node in net.nodes.items():
             rss[name].append(round(rss_mb(node.process.pid), 1))
         stopped = net.stop_nodes()  # graceful: each node claims what it holds

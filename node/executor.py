@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
-from p2pllm.batch import decode_batch
+from p2pllm.batch import decode_batch, prefill_batch
 from p2pllm.shard import Shard
 
 # ------------------------------------------------------------------------------------------------- errors
@@ -214,6 +214,16 @@ class ShardExecutor:
         forward per layer span; each step's output ``(1, 1, hidden)``, or the typed error that refused it alone
         (unknown or closed session, wrong position, shape or dtype, too long). A failure inside a batched forward
         leaves every cache of that batch half-updated: those sessions are dropped, and the error re-raised."""
+        return self._batched(steps, prompts=False)
+
+    def prefill_batch(self, steps: Sequence[tuple[str, torch.Tensor, int]]) -> list[torch.Tensor | ExecutorError]:
+        """Prompts ``(session_id, hidden (1, n, hidden), 0)`` of distinct sessions that have computed nothing yet,
+        run as one batched forward per layer span (right-padded, `p2pllm.batch.prefill_batch`); each prompt's
+        output ``(1, n, hidden)``, or the typed error that refused it alone, as `forward_batch`."""
+        return self._batched(steps, prompts=True)
+
+    def _batched(self, steps: Sequence[tuple[str, torch.Tensor, int]],
+                 prompts: bool) -> list[torch.Tensor | ExecutorError]:
         results: list[torch.Tensor | ExecutorError | None] = [None] * len(steps)
         found: list[tuple[int, _Session]] = []
         seen: set[str] = set()
@@ -233,31 +243,41 @@ class ShardExecutor:
                 session.lock.acquire()
                 locked.append(session)
                 _, hidden, position = steps[index]
+                tokens = int(hidden.shape[1]) if hidden.dim() == 3 else 0
                 try:
                     if session.closed:
                         raise UnknownSession(session.session_id)
-                    self._validate(session, hidden, torch.tensor([position]))
-                    if hidden.shape[1] != 1:
+                    self._validate(session, hidden, torch.arange(position, position + max(tokens, 1)))
+                    if prompts and position != 0:
+                        raise PositionMismatch(session.session_id, 0, (position,))
+                    if not prompts and tokens != 1:
                         raise ShapeMismatch((session.batch_size, 1, self.shard.hidden_size), tuple(hidden.shape))
                 except ExecutorError as exc:
                     results[index] = exc
                     continue
                 groups.setdefault(session.span, []).append((index, session))
             for span, group in groups.items():
-                hidden = torch.cat([steps[index][1] for index, _ in group]).to(self.shard.device)
                 try:
                     with torch.inference_mode():
-                        out = decode_batch(self.shard, hidden, [steps[index][2] for index, _ in group],
-                                           [session.cache for _, session in group], span)
+                        if prompts:
+                            outs = prefill_batch(self.shard,
+                                                 [steps[index][1].to(self.shard.device) for index, _ in group],
+                                                 [session.cache for _, session in group], span)
+                        else:
+                            out = decode_batch(self.shard,
+                                               torch.cat([steps[index][1] for index, _ in group]).to(self.shard.device),
+                                               [steps[index][2] for index, _ in group],
+                                               [session.cache for _, session in group], span)
+                            outs = [out[row:row + 1] for row in range(len(group))]
                 except BaseException:
                     for _, session in group:
                         self._drop(session)
                     raise
                 now = self._clock()
-                for row, (index, session) in enumerate(group):
-                    session.length += 1
+                for (index, session), output in zip(group, outs, strict=True):
+                    session.length += int(output.shape[1])
                     session.last_used_at = now
-                    results[index] = out[row:row + 1]
+                    results[index] = output
         finally:
             for session in locked:
                 session.lock.release()

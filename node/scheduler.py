@@ -3,7 +3,10 @@ loop, runs them. Each round it takes every ready decode step (one token; at most
 session) and runs them as one batched forward (`ShardExecutor.forward_batch`: each session keeps its own cache and
 position), then runs one chunk of at most `prefill_chunk` tokens of the oldest prefill. A long prompt therefore
 holds the other sessions' decodes back by at most one chunk's compute per round, and a prefill advances every
-round, so no session starves.
+round, so no session starves. Prompts of fresh sessions (position 0) that fit in one chunk together, padded to
+the longest of them, run as one batched forward instead (`ShardExecutor.prefill_batch`): when clients arrive
+together, the last of them no longer waits for every other prompt's round (K=8 clients, 5-9 token prompts:
+README, "Architecture").
 
 Policy (waves): a round starts when every session the node expects a step from soon (`node.cadence`: it keeps
 its cadence) has one queued, or when `wave_fraction` of them (rounded up, at most `max_batch`) have a decode step
@@ -110,6 +113,8 @@ class Scheduler:
         self._step_ewma_s = 0.0
         self.batches = 0
         self.batched_steps = 0
+        self.prompt_batches = 0  # batched prefills of fresh sessions' prompts (`prefill_batch`), and their prompts
+        self.batched_prompts = 0
         self._worker = threading.Thread(target=self._work, name="compute", daemon=True)
         self._worker.start()
 
@@ -163,13 +168,18 @@ class Scheduler:
                     return  # closing, nothing left
                 self._fill_wait()
                 decodes = self._take_decodes()
+                prompts: list[_Job] = []
                 if self._prefill is None:
-                    self._prefill = self._take_prefill()
+                    prompts = self._take_prefills()
+                    if len(prompts) == 1:
+                        self._prefill, prompts = prompts[0], []
                 prefill = self._prefill
-                self._busy = len(decodes)
+                self._busy = len(decodes) + len(prompts)
             if decodes:
                 self._run_decodes(decodes)
-            if prefill is not None:
+            if prompts:
+                self._run_prompts(prompts)
+            elif prefill is not None:
                 self._run_prefill_chunk(prefill)
             with self._cond:
                 self._busy = 0
@@ -211,12 +221,24 @@ class Scheduler:
         self._queue = kept
         return taken
 
-    def _take_prefill(self) -> _Job | None:
-        for job in self._queue:
-            if job.tokens > 1:
-                self._queue.remove(job)
-                return job
-        return None
+    def _take_prefills(self) -> list[_Job]:
+        """The oldest prefill; when it is a fresh session's prompt that fits in one chunk, with it the next ones
+        (oldest first, one per session, at most `max_batch`) while all of them padded to the longest still fit."""
+        prefills = [job for job in self._queue if job.tokens > 1]
+        if not prefills:
+            return []
+        taken = [prefills[0]]
+        if _fresh_prompt(taken[0], self.prefill_chunk):
+            for job in prefills[1:]:
+                if len(taken) == self.max_batch:
+                    break
+                longest = max(job.tokens, *(t.tokens for t in taken))
+                if _fresh_prompt(job, self.prefill_chunk) and (len(taken) + 1) * longest <= self.prefill_chunk \
+                        and job.session_id not in {t.session_id for t in taken}:
+                    taken.append(job)
+        for job in taken:
+            self._queue.remove(job)
+        return taken
 
     def _run_decodes(self, jobs: list[_Job]) -> None:
         started = time.perf_counter()
@@ -249,6 +271,24 @@ class Scheduler:
         with self._cond:
             self._released_at = time.monotonic()
 
+    def _run_prompts(self, jobs: list[_Job]) -> None:
+        started = time.perf_counter()
+        try:
+            results = self.executor.prefill_batch([(job.session_id, job.hidden, job.position) for job in jobs])
+        except Exception as exc:  # a batched forward that failed as a whole (its sessions are dropped)
+            for job in jobs:
+                _fail(job, exc)
+            return
+        compute_s = time.perf_counter() - started
+        with self._cond:
+            self.prompt_batches += 1
+            self.batched_prompts += sum(1 for r in results if isinstance(r, torch.Tensor))
+        for job, result in zip(jobs, results, strict=True):
+            if isinstance(result, ExecutorError):
+                _fail(job, result)
+            else:
+                _finish(job, result, compute_s)
+
     def _run_prefill_chunk(self, job: _Job) -> None:
         start = job.done_tokens
         end = min(job.tokens, start + self.prefill_chunk)
@@ -268,6 +308,10 @@ class Scheduler:
             with self._cond:
                 self._prefill = None
             _finish(job, job.pieces[0] if len(job.pieces) == 1 else torch.cat(job.pieces, dim=1), job.compute_s)
+
+
+def _fresh_prompt(job: _Job, chunk: int) -> bool:
+    return job.position == 0 and job.tokens <= chunk
 
 
 def _finish(job: _Job, out: torch.Tensor, compute_s: float) -> None:

@@ -213,6 +213,10 @@ def serve(settings: ServeSettings, chain: Chain) -> int:
                        "p2pllm_decode_batches": ("Decode rounds run (each one forward).", lambda: scheduler.batches),
                        "p2pllm_decode_batched_steps": ("Decode steps served in those rounds.",
                                                        lambda: scheduler.batched_steps),
+                       "p2pllm_prompt_batches": ("Prompts of fresh sessions run together (each one forward).",
+                                                 lambda: scheduler.prompt_batches),
+                       "p2pllm_batched_prompts": ("Prompts served in those forwards.",
+                                                  lambda: scheduler.batched_prompts),
                        "p2pllm_unclaimed_wei": ("Wei held in receipts, not yet paid on-chain.",
                                                 lambda: sum(h.unclaimed_wei for h in ledger.unclaimed()))})
     max_frame_bytes = settings.max_session_length * shard.hidden_size * shard.dtype.itemsize + FRAME_SLACK_BYTES

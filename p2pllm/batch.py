@@ -1,5 +1,5 @@
-"""One decode step of many sessions as one batched forward through a shard, each session keeping its own KV cache
-and its own position.
+"""One decode step of many sessions, or the prompts of many fresh sessions, as one batched forward through a
+shard, each session keeping its own KV cache and its own positions.
 
 Padding with an attention mask: for each layer, every session's cache is updated with its own new key and value
 through the cache's public `update` (so a sliding-window layer keeps its window as it does alone), and the states
@@ -7,6 +7,11 @@ it returns are left-padded to the longest in the batch; a boolean mask per atten
 padding keeps every real key at the same distance from the query as in the session's own cache, so positions
 (RoPE, per row) and sliding windows are what they are solo. The projections and MLPs, which read the weights,
 run once for the whole batch; that is where batching pays, since decode is bound by reading the weights.
+
+Prompts (`prefill_batch`) of sessions whose caches are empty are right-padded to the longest instead: every row
+starts at position 0, each cache is given only its own row's real keys and values, and the mask is causal (which
+hides the padding from every real query, since it comes after them) and, for sliding layers, hides the keys out
+of the window. The padded queries' outputs are dropped.
 
 Boundary: knows shards, tensors and transformers' cache API; knows nothing about sessions, queues or payment.
 """
@@ -19,7 +24,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from p2pllm.shard import Shard
+from p2pllm.shard import SLIDING, Shard
 
 
 class BatchedCaches:
@@ -76,3 +81,57 @@ def decode_batch(shard: Shard, hidden: torch.Tensor, positions: Sequence[int], c
                        position_ids=position_ids, cache=stacked, use_cache=True)
     return hidden
 
+
+
+class _RightPadded:
+    """Duck-typed stand-in for the caches of fresh sessions during one batched prefill: row i's cache takes only
+    its first `lengths[i]` new keys and values; `update` returns them right-padded to the batch's length."""
+
+    def __init__(self, caches: Sequence[DynamicCache], lengths: Sequence[int]) -> None:
+        self.caches = caches
+        self.lengths = lengths
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int,
+               *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        keys, values = torch.zeros_like(key_states), torch.zeros_like(value_states)
+        for row, (cache, n) in enumerate(zip(self.caches, self.lengths, strict=True)):
+            k, v = cache.update(key_states[row:row + 1, :, :n], value_states[row:row + 1, :, :n], layer_idx)
+            if k.shape[-2] != n:
+                raise RuntimeError(f"cache row {row} returned {k.shape[-2]} columns for a fresh prefill of {n}")
+            keys[row, :, :n] = k[0]
+            values[row, :, :n] = v[0]
+        return keys, values
+
+
+def prefill_batch(shard: Shard, prompts: Sequence[torch.Tensor], caches: Sequence[DynamicCache],
+                  span: tuple[int, int] | None = None) -> list[torch.Tensor]:
+    """Prompts ``(1, n_i, hidden)`` of sessions whose `caches` are empty, at positions [0, n_i), through the shard
+    (or its `span`) as one forward, filling each cache with its own n_i tokens; returns each ``(1, n_i, hidden)``."""
+    lengths = [int(p.shape[1]) if p.dim() == 3 and p.shape[0] == 1 else -1 for p in prompts]
+    if not prompts or len(prompts) != len(caches) or min(lengths) < 1:
+        raise ValueError(f"prefill_batch takes (1, n, hidden) prompts with one cache each, got "
+                         f"{[tuple(p.shape) for p in prompts]} and {len(caches)} caches")
+    lo, hi = shard.local_span(span)
+    kinds = shard.layer_types
+    for cache in caches:
+        if any(cache.get_seq_length(lo + kinds[lo:hi].index(kind)) for kind in set(kinds[lo:hi])):
+            raise ValueError("prefill_batch takes fresh sessions only (empty caches)")
+    longest = max(lengths)
+    hidden = torch.zeros(len(prompts), longest, shard.hidden_size, dtype=prompts[0].dtype, device=shard.device)
+    for row, prompt in enumerate(prompts):
+        hidden[row, :lengths[row]] = prompt[0]
+    steps = torch.arange(longest, device=shard.device)
+    queries, keys = steps[:, None], steps[None, :]
+    # Causal alone hides the padding from every real query (padding comes after a row's last real token).
+    causal = keys <= queries
+    masks: dict[str, torch.Tensor] = {}
+    for kind in set(kinds[lo:hi]):
+        mask = causal & (keys > queries - int(shard.config.sliding_window)) if kind == SLIDING else causal
+        masks[kind] = mask.expand(len(prompts), 1, longest, longest)
+    position_ids = steps[None].expand(len(prompts), longest)
+    padded = _RightPadded(caches, lengths)
+    position_embeddings = shard.rotary_emb(hidden, position_ids)
+    for layer, kind in zip(list(shard.layers)[lo:hi], kinds[lo:hi], strict=True):
+        hidden = layer(hidden, attention_mask=masks[kind], position_embeddings=position_embeddings,
+                       position_ids=position_ids, cache=padded, use_cache=True)
+    return [hidden[row:row + 1, :n] for row, n in enumerate(lengths)]

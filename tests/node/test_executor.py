@@ -121,6 +121,31 @@ def test_prefill_then_decode_equals_one_long_prefill(executor: ShardExecutor) ->
     assert executor.session(b).length == 6
 
 
+
+def test_prompts_prefilled_together_equal_alone(executor: ShardExecutor) -> None:
+    """Prompts of 5, 2 and 7 tokens in one batch: each output and each cache (the next decode) as when alone;
+    a session that has computed already, an unknown one and a decode-shaped step to a used session fail alone."""
+    prompts = [hidden(n) * (1 + n) for n in (5, 2, 7)]
+    solo = [executor.open_session(8).session_id for _ in prompts]
+    together = [executor.open_session(8).session_id for _ in prompts]
+    used = executor.open_session(8).session_id
+    executor.forward(used, hidden(3), positions(0, 3))
+    alone = [executor.forward(sid, x, positions(0, x.shape[1])) for sid, x in zip(solo, prompts, strict=True)]
+    results = executor.prefill_batch([*((sid, x, 0) for sid, x in zip(together, prompts, strict=True)),
+                                      (used, hidden(3), 0), ("nobody", hidden(2), 0)])
+    for got, want in zip(results[:3], alone, strict=True):
+        assert isinstance(got, torch.Tensor) and got.shape == want.shape
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert isinstance(results[3], PositionMismatch) and isinstance(results[4], UnknownSession)
+    assert [executor.session(sid).length for sid in together] == [5, 2, 7]
+    assert executor.session(used).length == 3
+    step = hidden(1)
+    for a, b, x in zip(solo, together, prompts, strict=True):
+        n = x.shape[1]
+        assert torch.allclose(executor.forward(b, step, positions(n, 1)), executor.forward(a, step, positions(n, 1)),
+                              rtol=1e-4, atol=1e-4)
+
+
 # ------------------------------------------------------------------------------------------ errors
 
 
