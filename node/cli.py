@@ -103,8 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a round starts once this fraction of the active sessions have a step ready "
                             "(default 0.5: two alternating waves; 1 = one wave of all)")
     serve.add_argument("--prefill-chunk", type=parse_positive_int, default=128,
-                       help="prompts are computed in chunks of this many tokens, between decode batches "
-                            "(default 128)")
+                       help="prompts are computed in chunks of this many tokens, between decode batches; "
+                            "fresh sessions' prompts that fit one chunk together (count x longest) run as one "
+                            "forward (default 128)")
     serve.add_argument("--max-session-length", type=int, default=2048, help="longest session accepted")
     serve.add_argument("--credit", type=parse_eth, default=0,
                        help="ETH a receipt may lag behind what is owed; clients sign up to this much ahead "

@@ -4,9 +4,8 @@ session) and runs them as one batched forward (`ShardExecutor.forward_batch`: ea
 position), then runs one chunk of at most `prefill_chunk` tokens of the oldest prefill. A long prompt therefore
 holds the other sessions' decodes back by at most one chunk's compute per round, and a prefill advances every
 round, so no session starves. Prompts of fresh sessions (position 0) that fit in one chunk together, padded to
-the longest of them, run as one batched forward instead (`ShardExecutor.prefill_batch`): when clients arrive
-together, the last of them no longer waits for every other prompt's round (K=8 clients, 5-9 token prompts:
-README, "Architecture").
+the longest of them, run as one batched forward instead (`ShardExecutor.prefill_batch`), so that clients that
+arrive together share one read of the weights for their prompts too.
 
 Policy (waves): a round starts when every session the node expects a step from soon (`node.cadence`: it keeps
 its cadence) has one queued, or when `wave_fraction` of them (rounded up, at most `max_batch`) have a decode step
