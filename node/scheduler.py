@@ -240,53 +240,39 @@ class Scheduler:
         return taken
 
     def _run_decodes(self, jobs: list[_Job]) -> None:
-        started = time.perf_counter()
-        try:
-            if len(jobs) == 1:  # alone: the unbatched path itself (no padding mask), bit for bit
-                job = jobs[0]
-                try:
-                    results: list[torch.Tensor | ExecutorError] = [
-                        self.executor.forward(job.session_id, job.hidden, torch.tensor([job.position]))]
-                except ExecutorError as exc:
-                    results = [exc]
-            else:
-                results = self.executor.forward_batch([(job.session_id, job.hidden, job.position) for job in jobs])
-        except Exception as exc:  # a batched forward that failed as a whole (its sessions are dropped)
-            for job in jobs:
-                _fail(job, exc)
+        def run() -> list[torch.Tensor | ExecutorError]:
+            if len(jobs) > 1:
+                return self.executor.forward_batch([(job.session_id, job.hidden, job.position) for job in jobs])
+            job = jobs[0]  # alone: the unbatched path itself (no padding mask), bit for bit
+            try:
+                return [self.executor.forward(job.session_id, job.hidden, torch.tensor([job.position]))]
+            except ExecutorError as exc:
+                return [exc]
+
+        ran = _run_together(jobs, run)
+        if ran is None:
             return
-        compute_s = time.perf_counter() - started
+        results, compute_s = ran
         served = sum(1 for r in results if isinstance(r, torch.Tensor))
         with self._cond:
             self.batches += 1
             self.batched_steps += served
             self._batch_ewma = 0.8 * self._batch_ewma + 0.2 * served if self.batches > 1 else float(served)
             self._step_ewma_s = 0.8 * self._step_ewma_s + 0.2 * compute_s if self.batches > 1 else compute_s
-        for job, result in zip(jobs, results, strict=True):
-            if isinstance(result, ExecutorError):
-                _fail(job, result)
-            else:
-                _finish(job, result, compute_s)
+        _deliver(jobs, results, compute_s)
         with self._cond:
             self._released_at = time.monotonic()
 
     def _run_prompts(self, jobs: list[_Job]) -> None:
-        started = time.perf_counter()
-        try:
-            results = self.executor.prefill_batch([(job.session_id, job.hidden, job.position) for job in jobs])
-        except Exception as exc:  # a batched forward that failed as a whole (its sessions are dropped)
-            for job in jobs:
-                _fail(job, exc)
+        ran = _run_together(jobs, lambda: self.executor.prefill_batch(
+            [(job.session_id, job.hidden, job.position) for job in jobs]))
+        if ran is None:
             return
-        compute_s = time.perf_counter() - started
+        results, compute_s = ran
         with self._cond:
             self.prompt_batches += 1
             self.batched_prompts += sum(1 for r in results if isinstance(r, torch.Tensor))
-        for job, result in zip(jobs, results, strict=True):
-            if isinstance(result, ExecutorError):
-                _fail(job, result)
-            else:
-                _finish(job, result, compute_s)
+        _deliver(jobs, results, compute_s)
 
     def _run_prefill_chunk(self, job: _Job) -> None:
         start = job.done_tokens
@@ -307,6 +293,28 @@ class Scheduler:
             with self._cond:
                 self._prefill = None
             _finish(job, job.pieces[0] if len(job.pieces) == 1 else torch.cat(job.pieces, dim=1), job.compute_s)
+
+
+def _run_together(jobs: list[_Job], run: Callable[[], list[torch.Tensor | ExecutorError]]
+                  ) -> tuple[list[torch.Tensor | ExecutorError], float] | None:
+    """`run()` (one forward for `jobs`, a result or typed error per job) and its compute seconds; None when it
+    failed as a whole, having failed every job (the executor dropped their sessions)."""
+    started = time.perf_counter()
+    try:
+        results = run()
+    except Exception as exc:
+        for job in jobs:
+            _fail(job, exc)
+        return None
+    return results, time.perf_counter() - started
+
+
+def _deliver(jobs: list[_Job], results: list[torch.Tensor | ExecutorError], compute_s: float) -> None:
+    for job, result in zip(jobs, results, strict=True):
+        if isinstance(result, ExecutorError):
+            _fail(job, result)
+        else:
+            _finish(job, result, compute_s)
 
 
 def _fresh_prompt(job: _Job, chunk: int) -> bool:

@@ -74,13 +74,18 @@ def decode_batch(shard: Shard, hidden: torch.Tensor, positions: Sequence[int], c
         masks[kind] = (columns[None, :] >= starts[:, None]).view(batch, 1, 1, longest)
         kv_lengths[kind] = lengths
     position_ids = torch.tensor(list(positions), device=shard.device).view(batch, 1)
-    stacked = BatchedCaches(caches, kinds, kv_lengths)
-    position_embeddings = shard.rotary_emb(hidden, position_ids)
-    for layer, kind in zip(list(shard.layers)[lo:hi], kinds[lo:hi], strict=True):
-        hidden = layer(hidden, attention_mask=masks[kind], position_embeddings=position_embeddings,
-                       position_ids=position_ids, cache=stacked, use_cache=True)
-    return hidden
+    return _through_layers(shard, hidden, (lo, hi), masks, position_ids, BatchedCaches(caches, kinds, kv_lengths))
 
+
+def _through_layers(shard: Shard, hidden: torch.Tensor, local: tuple[int, int], masks: dict[str, torch.Tensor],
+                    position_ids: torch.Tensor, cache: BatchedCaches | _RightPadded) -> torch.Tensor:
+    """`hidden` through the shard's local layers [lo, hi), each with the mask of its attention kind."""
+    lo, hi = local
+    position_embeddings = shard.rotary_emb(hidden, position_ids)
+    for layer, kind in zip(list(shard.layers)[lo:hi], shard.layer_types[lo:hi], strict=True):
+        hidden = layer(hidden, attention_mask=masks[kind], position_embeddings=position_embeddings,
+                       position_ids=position_ids, cache=cache, use_cache=True)
+    return hidden
 
 
 class _RightPadded:
@@ -129,9 +134,5 @@ def prefill_batch(shard: Shard, prompts: Sequence[torch.Tensor], caches: Sequenc
         mask = causal & (keys > queries - int(shard.config.sliding_window)) if kind == SLIDING else causal
         masks[kind] = mask.expand(len(prompts), 1, longest, longest)
     position_ids = steps[None].expand(len(prompts), longest)
-    padded = _RightPadded(caches, lengths)
-    position_embeddings = shard.rotary_emb(hidden, position_ids)
-    for layer, kind in zip(list(shard.layers)[lo:hi], kinds[lo:hi], strict=True):
-        hidden = layer(hidden, attention_mask=masks[kind], position_embeddings=position_embeddings,
-                       position_ids=position_ids, cache=padded, use_cache=True)
+    hidden = _through_layers(shard, hidden, (lo, hi), masks, position_ids, _RightPadded(caches, lengths))
     return [hidden[row:row + 1, :n] for row, n in enumerate(lengths)]
