@@ -124,7 +124,7 @@ def test_prefill_then_decode_equals_one_long_prefill(executor: ShardExecutor) ->
 
 def test_prompts_prefilled_together_equal_alone(executor: ShardExecutor) -> None:
     """Prompts of 5, 2 and 7 tokens in one batch: each output and each cache (the next decode) as when alone;
-    a session that has computed already, an unknown one and a decode-shaped step to a used session fail alone."""
+    the prompt of a session that has computed already and that of an unknown session fail alone."""
     prompts = [hidden(n) * (1 + n) for n in (5, 2, 7)]
     solo = [executor.open_session(8).session_id for _ in prompts]
     together = [executor.open_session(8).session_id for _ in prompts]
