@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from p2pllm.commitments import Commitment, RegistryDomain, sign_commitment, tensor_hash
+from p2pllm.commitments import Commitment, RegistryDomain, sign_commitment
 from p2pllm.wire import SignedCommitment
 
 
@@ -23,9 +23,10 @@ class Committer:
     model_id: bytes
     clock: Callable[[], float] = field(default=time.time)
 
-    def sign(self, session_id: bytes, position: int, tokens: int, input_encoded: bytes, output_encoded: bytes,
+    def sign(self, session_id: bytes, position: int, tokens: int, input_hash: bytes, output_hash: bytes,
              layers: tuple[int, int]) -> SignedCommitment:
-        """The signed commitment for one step, from the wire encodings of its input and output."""
-        commitment = Commitment(session_id, position, tokens, tensor_hash(input_encoded), tensor_hash(output_encoded),
-                                self.model_id, layers[0], layers[1], int(self.clock()))
+        """The signed commitment for one step, from the `tensor_hash`es of its input's and output's wire
+        encodings."""
+        commitment = Commitment(session_id, position, tokens, input_hash, output_hash, self.model_id, layers[0],
+                                layers[1], int(self.clock()))
         return SignedCommitment(commitment, sign_commitment(commitment, self.domain, self.private_key))

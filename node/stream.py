@@ -47,6 +47,7 @@ from p2pllm.wire import (
     WireError,
     encode,
     parse,
+    with_wire,
 )
 
 log = logging.getLogger("p2pnode.stream")
@@ -217,12 +218,14 @@ class StreamConnection:
             return
         started = time.perf_counter()
         tokens = int(step.hidden.shape[1])
-        input_encoded = codec.encode(step.hidden) if state.committer is not None else b""
+        input_hash = b""
+        if state.committer is not None:
+            input_hash = tensor_hash(step.wire if step.wire is not None else codec.encode(step.hidden))
         if relayed and state.committer is not None:
             upstream = step.upstream
             named = None if upstream is None else upstream.commitment
             if named is None or (named.position, named.tokens) != (step.position, tokens) \
-                    or named.output_hash != tensor_hash(input_encoded):
+                    or named.output_hash != input_hash:
                 # The client must be able to hold the relaying node to what it pushed here.
                 await self._error(StepFailure("bad_upstream", {"reason": "relayed hidden states need the relaying "
                                                                "node's commitment to exactly them"}),
@@ -257,16 +260,18 @@ class StreamConnection:
         # it before the next node starts computing instead of preempting that compute (measured: 7 ms a token on
         # one core over three hops). A client gone mid-step: its session closes with its stream.
         commitment = None
+        out_wire = codec.encode(out)  # encoded once: hashed, sent to the client and pushed on
         if state.committer is not None:
-            commitment = state.committer.sign(step.session_id, step.position, tokens, input_encoded,
-                                              codec.encode(out), session.span)
-        result = StepResult(step.session_id, step.position, not step.relay, 1000 * compute_s, out, commitment,
-                            step.upstream)
+            commitment = state.committer.sign(step.session_id, step.position, tokens, input_hash,
+                                              tensor_hash(out_wire), session.span)
+        result = with_wire(StepResult(step.session_id, step.position, not step.relay, 1000 * compute_s, out,
+                                      commitment, step.upstream), out_wire)
         with contextlib.suppress(Exception):
             await session.send_to_client(encode(result))
         if step.relay:
             following = step.relay[0]
-            onward = Step(following.session_id, step.position, following.receipt, out, step.relay[1:], commitment)
+            onward = with_wire(Step(following.session_id, step.position, following.receipt, out, step.relay[1:],
+                                    commitment), out_wire)
             try:
                 assert session.relay is not None
                 await session.relay.push(following.endpoint, following.session_id, encode(onward))

@@ -30,7 +30,7 @@ import json
 import re
 import struct
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 
@@ -261,7 +261,8 @@ class Step:
     """Hidden states (1, tokens, hidden) at positions [position, position + tokens) of a session, paid by
     `receipt` (None only when a relaying node dropped it). After computing, the node pushes its output to
     `relay[0]` with `relay[1:]`, and sends the client a copy (`StepResult`); with no relay the result is final.
-    `upstream`: on a relayed step, the relaying node's signed commitment for `hidden`."""
+    `upstream`: on a relayed step, the relaying node's signed commitment for `hidden`. `wire`: `hidden`'s
+    encoding when already made (see `with_wire`)."""
 
     KIND: ClassVar[int] = 3
     session_id: bytes
@@ -270,6 +271,7 @@ class Step:
     hidden: torch.Tensor
     relay: tuple[NextHop, ...] = ()
     upstream: SignedCommitment | None = None
+    wire: bytes | None = field(default=None, init=False, compare=False, repr=False)  # see `with_wire`
 
     def meta(self) -> dict[str, Any]:
         return {"session_id": _hex(self.session_id), "position": self.position,
@@ -278,7 +280,7 @@ class Step:
                 "upstream": self.upstream.to_json() if self.upstream is not None else None}
 
     def payload(self) -> bytes:
-        return codec.encode(self.hidden)
+        return self.wire if self.wire is not None else codec.encode(self.hidden)
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any], payload: bytes, **limits: Any) -> Step:
@@ -296,7 +298,7 @@ class StepResult:
     """A node's output for positions [position, position + tokens): the final hidden states when `final`, else a
     copy of what it relayed (what the client keeps to replay the next hop on failover). `commitment`: the node's
     signed commitment for this step (every node sends one); `upstream`: the commitment the relaying node sent
-    with this step's input, passed back untouched."""
+    with this step's input, passed back untouched. `wire`: as `Step.wire`."""
 
     KIND: ClassVar[int] = 4
     session_id: bytes
@@ -306,6 +308,7 @@ class StepResult:
     hidden: torch.Tensor
     commitment: SignedCommitment | None = None
     upstream: SignedCommitment | None = None
+    wire: bytes | None = field(default=None, init=False, compare=False, repr=False)  # see `with_wire`
 
     def meta(self) -> dict[str, Any]:
         return {"session_id": _hex(self.session_id), "position": self.position, "final": self.final,
@@ -314,7 +317,7 @@ class StepResult:
                 "upstream": self.upstream.to_json() if self.upstream is not None else None}
 
     def payload(self) -> bytes:
-        return codec.encode(self.hidden)
+        return self.wire if self.wire is not None else codec.encode(self.hidden)
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any], payload: bytes, **limits: Any) -> StepResult:
@@ -395,6 +398,18 @@ class Pong:
         return cls(_bytes(meta, "session_id", 32), _int(meta, "length"))
 
 
+TensorMessage = TypeVar("TensorMessage", Step, StepResult)
+
+
+def with_wire(message: TensorMessage, encoded: bytes) -> TensorMessage:
+    """`message` keeping `encoded`, which must be exactly `codec.encode(message.hidden)`, as its tensor's wire
+    encoding: `encode` sends it as is, and a node hashes it for a commitment without encoding the tensor again.
+    `parse` keeps a frame's payload this way (a valid payload is canonical: the header follows from dtype and
+    shape, the data is the raw bytes). `dataclasses.replace` drops it, so a changed copy is encoded afresh."""
+    object.__setattr__(message, "wire", encoded)
+    return message
+
+
 Message = OpenSession | SessionOpened | Step | StepResult | StepError | Ping | Pong
 KINDS: dict[int, type] = {m.KIND: m for m in (OpenSession, SessionOpened, Step, StepResult, StepError, Ping, Pong)}
 _TENSOR_KINDS = (Step, StepResult)
@@ -449,7 +464,8 @@ def parse(frame: bytes | bytearray | memoryview, *, max_bytes: int | None = None
         raise WireError("bad_frame", reason="meta is not a JSON object")
     payload = view[HEADER_BYTES + meta_len:]
     if cls in _TENSOR_KINDS:
-        return cls.from_meta(meta, payload, max_bytes=max_bytes, dtype=dtype, hidden_size=hidden_size)
+        return with_wire(cls.from_meta(meta, payload, max_bytes=max_bytes, dtype=dtype, hidden_size=hidden_size),
+                         bytes(payload))
     if len(payload):
         raise WireError("bad_frame", reason="unexpected payload", kind=kind, size=len(payload))
     return cls.from_meta(meta, payload)

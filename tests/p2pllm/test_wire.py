@@ -4,6 +4,7 @@ stream URLs follow the endpoint's scheme."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -31,6 +32,7 @@ from p2pllm.wire import (
     encode,
     parse,
     stream_url,
+    with_wire,
 )
 
 ADDRESS = "0x" + "Ab" * 20
@@ -47,7 +49,10 @@ def _same(a: object, b: object) -> None:
     assert type(a) is type(b)
     for name in a.__dataclass_fields__:  # type: ignore[attr-defined]
         left, right = getattr(a, name), getattr(b, name)
-        if isinstance(left, torch.Tensor):
+        if name == "wire":  # a parsed message keeps its tensor's encoding: exactly what encoding it again gives
+            for kept in (left, right):
+                assert kept is None or kept == codec.encode(b.hidden)  # type: ignore[attr-defined]
+        elif isinstance(left, torch.Tensor):
             assert torch.equal(left, right)
         else:
             assert left == right, name
@@ -71,6 +76,21 @@ def _same(a: object, b: object) -> None:
 ))
 def test_every_message_round_trips(message: object) -> None:
     _same(parse(encode(message)), message)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_a_parsed_tensor_keeps_its_canonical_encoding(dtype: torch.dtype) -> None:
+    """`parse` keeps the tensor payload as `wire`; it is `codec.encode` of the parsed tensor, so hashing or
+    sending it on needs no new encoding, and a message sent on with it is the frame it came in."""
+    for message in (_step(), StepResult(SESSION, 7, True, 1.5, torch.randn(1, 2, 16))):
+        message = dataclasses.replace(message, hidden=message.hidden.to(dtype))
+        frame = encode(message)
+        parsed = parse(frame)
+        assert isinstance(parsed, (Step, StepResult)) and parsed.wire == codec.encode(parsed.hidden)
+        assert encode(parsed) == frame
+        assert encode(with_wire(dataclasses.replace(parsed), codec.encode(parsed.hidden))) == frame
+        changed = dataclasses.replace(parsed, hidden=parsed.hidden + 1)  # a changed copy is encoded afresh
+        assert changed.wire is None and parse(encode(changed)).hidden.equal(changed.hidden)
 
 
 def _step() -> Step:
