@@ -106,9 +106,8 @@ class Verifier:
                          result: StepResult) -> str | None:
         """Why `result`'s commitment is not `hop`'s valid one for the step (the node is then convicted of a bad
         commitment), or None when it is."""
-        output = result.wire if result.wire is not None else codec.encode(result.hidden)  # parsed: as it came
         expected = Expected(hop.node, hop.session_id, position, tokens, self.model_id, (hop.start, hop.end),
-                            codec.encode(hidden_in), output, int(time.time()))
+                            codec.encode(hidden_in), result.payload(), int(time.time()))
         problem = commitment_problem(result.commitment, expected, self.domain)
         if problem is None:
             self.stats.commitments_verified += 1

@@ -218,9 +218,7 @@ class StreamConnection:
             return
         started = time.perf_counter()
         tokens = int(step.hidden.shape[1])
-        input_hash = b""
-        if state.committer is not None:
-            input_hash = tensor_hash(step.wire if step.wire is not None else codec.encode(step.hidden))
+        input_hash = tensor_hash(step.payload()) if state.committer is not None else b""
         if relayed and state.committer is not None:
             upstream = step.upstream
             named = None if upstream is None else upstream.commitment

@@ -280,6 +280,7 @@ class Step:
                 "upstream": self.upstream.to_json() if self.upstream is not None else None}
 
     def payload(self) -> bytes:
+        """`hidden`'s wire encoding: the kept one (`with_wire`), else made now."""
         return self.wire if self.wire is not None else codec.encode(self.hidden)
 
     @classmethod
@@ -298,7 +299,7 @@ class StepResult:
     """A node's output for positions [position, position + tokens): the final hidden states when `final`, else a
     copy of what it relayed (what the client keeps to replay the next hop on failover). `commitment`: the node's
     signed commitment for this step (every node sends one); `upstream`: the commitment the relaying node sent
-    with this step's input, passed back untouched. `wire`: as `Step.wire`."""
+    with this step's input, passed back untouched. `wire`: as `Step.wire`; `payload` as `Step.payload`."""
 
     KIND: ClassVar[int] = 4
     session_id: bytes
