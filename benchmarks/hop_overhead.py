@@ -6,9 +6,9 @@ answered with a `StepResult` frame, versus the same shard called in-process.
 
 overhead = median(stream step: frame encode + send + receipt verification + ledger write + result frame +
 decode) − median(in-process executor step, interleaved), both on a one-layer Llama of SmolLM2's shape with one
-torch thread. Also reported: the median of (stream step − the compute time the node itself reports in the
-result frame). Client-side receipt signing is timed separately (`sign_ms_median`) and not part of the
-overhead.
+torch thread. The client's side runs on uvloop, as `InferenceClient` runs its streams. Also reported: the
+median of (stream step − the compute time the node itself reports in the result frame). Client-side receipt
+signing is timed separately (`sign_ms_median`) and not part of the overhead.
 
 `--cpus` pins the node processes and this process (client and in-process baseline alike) to the same CPUs, as
 `p2pnode serve --cpus` does for several nodes on one host: auto (default) = the last allowed CPU, none = no
@@ -23,7 +23,6 @@ receipt without recovering or storing it again (`overhead_ms_median_credit16`).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import statistics
 import sys
@@ -33,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import uvloop
 
 from client.hops import HopSession, Payer
 from devkit.localnet import LocalNetwork, NodeSpec
@@ -117,7 +117,7 @@ def measure(model: Path, steps: int, workdir: Path, cpus: frozenset[int] | None
                 await hop.close()
             return strict, credited, local_ms
 
-        return asyncio.run(run())
+        return uvloop.run(run())  # the event loop the client (`InferenceClient`) runs its streams on
 
 
 def main(argv: list[str] | None = None) -> int:

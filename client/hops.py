@@ -218,8 +218,7 @@ class HopSession:
             self.arrived.clear()
             if self._inbox:
                 continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.arrived.wait(), left)
+            await wait_set(self.arrived, left)
         return message
 
     async def ping(self, timeout_s: float) -> int | None:
@@ -291,6 +290,15 @@ class HopSession:
         """Record that the node computed `tokens` more tokens of the session."""
         self.tokens = result.position + tokens
         self.last_compute_ms = result.compute_ms
+
+
+async def wait_set(event: asyncio.Event, timeout_s: float) -> None:
+    """Return once `event` is set or `timeout_s` has passed, whichever comes first. Waits in the calling task:
+    Python 3.11's `asyncio.wait_for` would wrap the wait in a task of its own, with two more turns of the event
+    loop per frame received."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout_s):
+            await event.wait()
 
 
 class HopTimeout(HopFailed):

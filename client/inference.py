@@ -1,7 +1,8 @@
 """`InferenceClient`: the Python API the CLI calls. Loads the model's head locally (embeddings, final norm, LM
 head, tokenizer), reads the market from the registry, routes, and streams a generation through the route's
 hops (relayed node to node by default, or star), paying each hop. Sampling lives here; retries and rerouting
-live in `client.session`, whose streams run on an event loop this object owns and drives step by step."""
+live in `client.session`, whose streams run on an event loop (uvloop) this object owns and drives step by
+step."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+import uvloop
 
 from client.frontier import frontier_units, pareto_frontier
 from client.funding import Funder, Need, Reservation
@@ -166,7 +168,9 @@ class InferenceClient:
         self._local_lock = threading.Lock()
         self.banned: dict[str, float] = dict.fromkeys(self.reputation.excluded(), float("inf"))
         self._market: Market | None = None
-        self._loop = asyncio.new_event_loop()
+        # uvloop, as the node's uvicorn runs: its C event loop and transports take about a fifth off the client's
+        # share of a decode step's hop overhead (benchmarks/hop_overhead.py drives its hops on uvloop too).
+        self._loop = uvloop.new_event_loop()
 
     def close(self) -> None:
         """Stop what is still running on the client's loop (e.g. the keepalive of a stream whose node froze)."""

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import torch
 
 from client.funding import Need
-from client.hops import HopFailed, HopRejected, HopSession, HopTimeout, Payer, StreamOptions
+from client.hops import HopFailed, HopRejected, HopSession, HopTimeout, Payer, StreamOptions, wait_set
 from client.market import Market
 from client.routing import Hop, Route, RouteOffer, find_route
 from client.spotcheck import Verifier
@@ -334,8 +334,7 @@ class RouteSession:
                 # Nothing from this hop (its inbox is empty): wait for any hop's next frame. A feeder's frames
                 # that are not about this link stay in its inbox for later; they must not keep us from waiting.
                 self.arrived.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.arrived.wait(), left)
+                await wait_set(self.arrived, left)
                 continue
             if isinstance(message, StepResult):
                 if message.position == position and message.session_id == hop.session_id:
