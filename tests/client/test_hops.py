@@ -1,7 +1,8 @@
 """`HopSession`'s stream against a real WebSocket server (the `websockets` package) that plays a node: frames
 arrive parsed and in order, and each way a stream can go wrong ends in the typed failure the route session acts
 on — a silent node (HopTimeout), a text frame or an unreadable one, a closed stream, and a node flooding the
-client with frames it did not ask for (bounded: the client never buffers more than `max_unread_frames`)."""
+client with frames it did not ask for (bounded: the client never buffers more than `max_unread_frames`). Also
+`wait_set`, the wait behind `recv`, on asyncio's loop and on uvloop."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 import torch
+import uvloop
 from eth_account import Account
 from websockets.asyncio.server import ServerConnection, serve
 
-from client.hops import HopFailed, HopSession, HopTimeout, Payer, StreamOptions
+from client.hops import HopFailed, HopSession, HopTimeout, Payer, StreamOptions, wait_set
 from p2pllm.receipts import EscrowDomain
 from p2pllm.wire import Pong, StepResult, encode
 
@@ -105,3 +107,30 @@ def test_a_flooding_node_is_cut_off_at_the_bound() -> None:
         assert taken == list(range(16)) and "not asked for" in failed.value.reason
 
     asyncio.run(with_hop(node, client, StreamOptions(max_unread_frames=16)))
+
+
+def test_wait_set_returns_when_set_or_timed_out_and_lets_a_cancel_through() -> None:
+    """`wait_set` (the wait behind every `recv`) returns early once the event is set, returns quietly at its
+    timeout, and does not swallow a cancellation that comes from outside (a route session giving up)."""
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        event = asyncio.Event()
+        loop.call_later(0.01, event.set)
+        started = loop.time()
+        await wait_set(event, 5.0)
+        assert event.is_set() and loop.time() - started < 1.0
+
+        event.clear()
+        started = loop.time()
+        await wait_set(event, 0.05)
+        assert not event.is_set() and loop.time() - started >= 0.04
+
+        waiter = loop.create_task(wait_set(asyncio.Event(), 5.0))
+        await asyncio.sleep(0.01)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+
+    asyncio.run(scenario())
+    uvloop.run(scenario())  # the loop `InferenceClient` runs its streams on
