@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -29,9 +30,11 @@ class CompileError(RuntimeError):
     """The compiler is missing, has the wrong version, or rejected the sources."""
 
 
-def source_hash() -> str:
+def source_hash(src: Path = CONTRACTS_SRC) -> str:
+    """What an artifact records of its inputs: the .sol files in `src` and the pinned solc, EVM version and
+    optimizer runs."""
     digest = hashlib.sha256()
-    for path in sorted(CONTRACTS_SRC.glob("*.sol")):
+    for path in sorted(src.glob("*.sol")):
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
     digest.update(f"{SOLC_VERSION}/{EVM_VERSION}/{OPTIMIZER_RUNS}".encode())
@@ -95,6 +98,21 @@ def write_artifacts(artifacts: dict[str, Artifact], directory: Path = PACKAGE_DA
         tmp.replace(path)
         paths.append(path)
     return paths
+
+
+def sources_unchanged(directory: Path = PACKAGE_DATA, src: Path = CONTRACTS_SRC) -> bool:
+    """Whether every artifact in `directory` records `source_hash(src)`: then a compile (seconds of solc) would
+    only confirm them, and `scripts/deploy.py` skips it. The hash leaves out OpenZeppelin's pinned version and the
+    other compiler settings; `python -m devkit.compile --check` and the test suite compile afresh for those."""
+    current = source_hash(src)
+    for name in CONTRACT_NAMES:
+        try:
+            recorded = json.loads((directory / f"{name}.json").read_text())["source_hash"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        if recorded != current:
+            return False
+    return True
 
 
 def stale_artifacts(fresh: dict[str, Artifact], directory: Path = PACKAGE_DATA) -> list[str]:

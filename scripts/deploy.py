@@ -1,5 +1,6 @@
 """`p2pllm-deploy` from a checkout: rebuilds the shipped contract artifacts first when `contracts/src` changed
-(`devkit.compile`), then deploys with them. Same options as `p2pllm-deploy --help`.
+(their recorded source hash differs, `devkit.compile`), then deploys with them. Same options as
+`p2pllm-deploy --help`.
 
     python scripts/deploy.py --network anvil          # writes ./deployments/anvil.json
 """
@@ -8,12 +9,13 @@ from __future__ import annotations
 
 import sys
 
-from devkit.compile import CompileError, compile_contracts, stale_artifacts, write_artifacts
+from devkit.compile import CompileError, compile_contracts, sources_unchanged, stale_artifacts, write_artifacts
 from p2pllm.deploy import main as deploy_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    if not any(arg in ("-h", "--help") for arg in (sys.argv[1:] if argv is None else argv)):
+    asks_help = any(arg in ("-h", "--help") for arg in (sys.argv[1:] if argv is None else argv))
+    if not asks_help and not sources_unchanged():
         try:
             fresh = compile_contracts()
         except CompileError as exc:
