@@ -107,8 +107,8 @@ def sources_unchanged(directory: Path = PACKAGE_DATA, src: Path = CONTRACTS_SRC)
     current = source_hash(src)
     for name in CONTRACT_NAMES:
         try:
-            recorded = json.loads((directory / f"{name}.json").read_text())["source_hash"]
-        except (OSError, ValueError, KeyError, TypeError):
+            recorded = Artifact(**json.loads((directory / f"{name}.json").read_text())).source_hash
+        except (OSError, ValueError, TypeError):
             return False
         if recorded != current:
             return False
